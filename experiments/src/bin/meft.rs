@@ -1,0 +1,5 @@
+//! The `meft` command-line interface.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Trainer, experiment specs, plots and the meft CLI.

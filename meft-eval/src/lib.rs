@@ -1,0 +1,1 @@
+//! Datasets, prompts, metrics and generation-based evaluation.

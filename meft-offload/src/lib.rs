@@ -1,0 +1,1 @@
+//! MEFT offload engine: host store, device working set, transfer scheduler, ledger.

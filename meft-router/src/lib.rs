@@ -1,0 +1,1 @@
+//! Key-Experts router: MoE-like top-K neuron retrieval on the host.
