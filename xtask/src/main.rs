@@ -1,2 +1,47 @@
-//! Project automation.
-fn main() {}
+//! Project automation (`cargo xtask <command>`): installs prerequisites, fetches the pinned
+//! assets, and drives `cargo`. It links no ML crate, so it builds in seconds on a fresh machine
+//! before anything heavy is compiled.
+
+mod assets;
+mod prereq;
+mod run;
+mod tasks;
+
+use clap::{Parser, Subcommand};
+
+/// meft-rs automation.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "meft-rs automation: assets, tests, reproduction, benches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch every pinned asset into the cache ($MEFT_HOME, default ~/.cache/meft) and print it.
+    Assets,
+    /// The test command: prerequisites, assets, then the whole workspace test suite.
+    Test,
+    /// Fetch assets, build the `meft` CLI and run a short demo on SmolLM2 (info, score, generate).
+    Reproduce,
+    /// Run the criterion benches of every crate (`cargo bench --workspace`).
+    Bench,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Assets => assets::assets_command(),
+        Command::Test => tasks::test(),
+        Command::Reproduce => tasks::reproduce(),
+        Command::Bench => tasks::bench(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
