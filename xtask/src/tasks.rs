@@ -93,10 +93,13 @@ fn synthetic_fallback() -> anyhow::Result<()> {
 /// `cargo xtask bench`: every criterion bench of the workspace.
 pub fn bench() -> anyhow::Result<()> {
     prereq::ensure()?;
+    let mut cmd = cargo();
+    cmd.args(["bench", "--workspace"]).env("RAYON_NUM_THREADS", RAYON_THREADS);
     if let Err(e) = assets::fetch() {
         loud(&format!("assets unavailable, benches on the real model will skip: {e:#}"));
+        cmd.env(meft_assets::OFFLINE_VAR, "asset fetch failed before `cargo xtask bench`");
     }
     step("running benches (cargo bench --workspace)");
-    run(cargo().args(["bench", "--workspace"]).env("RAYON_NUM_THREADS", RAYON_THREADS))?;
+    run(&mut cmd)?;
     Ok(())
 }
