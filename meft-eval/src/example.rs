@@ -47,7 +47,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message from `role`.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self {
+            role,
+            content: content.into(),
+        }
     }
 }
 
@@ -188,7 +191,11 @@ impl Example {
                 ToolExpectation::NoCall | ToolExpectation::AnyCall => Vec::new(),
             },
             Self::Instruction(e) => vec![e.output.clone()],
-            Self::Chat(e) => e.messages.last().map(|m| vec![m.content.clone()]).unwrap_or_default(),
+            Self::Chat(e) => e
+                .messages
+                .last()
+                .map(|m| vec![m.content.clone()])
+                .unwrap_or_default(),
         }
     }
 }

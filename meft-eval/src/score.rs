@@ -140,13 +140,22 @@ pub fn load_predictions(path: &Path) -> Result<Vec<Prediction>> {
     let predictions = map_rows(path, |row| {
         let id = row.id(&["id"])?;
         let text = row.str(&["prediction"])?.to_owned();
-        Ok(Prediction { id, text, line: row.line })
+        Ok(Prediction {
+            id,
+            text,
+            line: row.line,
+        })
     })?;
     let mut first_line: HashMap<&str, usize> = HashMap::new();
     for p in &predictions {
         if let Some(&first) = first_line.get(p.id.as_str()) {
             let (path, id, line) = (path.to_path_buf(), p.id.clone(), p.line);
-            return Err(EvalError::DuplicateId { path, line, id, first_line: first });
+            return Err(EvalError::DuplicateId {
+                path,
+                line,
+                id,
+                first_line: first,
+            });
         }
         first_line.insert(&p.id, p.line);
     }
@@ -175,8 +184,17 @@ pub fn score_predictions(
             dataset: dataset.name(),
         });
     }
-    let by_id: HashMap<&str, &str> = rows.iter().map(|p| (p.id.as_str(), p.text.as_str())).collect();
-    Ok(score_examples(&dataset.name(), &examples, &by_id, Metric::for_dataset(dataset), coverage))
+    let by_id: HashMap<&str, &str> = rows
+        .iter()
+        .map(|p| (p.id.as_str(), p.text.as_str()))
+        .collect();
+    Ok(score_examples(
+        &dataset.name(),
+        &examples,
+        &by_id,
+        Metric::for_dataset(dataset),
+        coverage,
+    ))
 }
 
 /// Scores `predictions` (id → text) on `examples` with `metric`.
@@ -201,8 +219,13 @@ pub fn score_examples(
             scores,
         });
     }
-    let n_missing = examples.iter().filter(|e| !predictions.contains_key(e.id())).count();
-    let mean_of = |get: fn(&ExampleScores) -> Option<f64>| mean(results.iter().filter_map(|r| get(&r.scores)));
+    let n_missing = examples
+        .iter()
+        .filter(|e| !predictions.contains_key(e.id()))
+        .count();
+    let mean_of = |get: fn(&ExampleScores) -> Option<f64>| {
+        mean(results.iter().filter_map(|r| get(&r.scores)))
+    };
     Report {
         dataset: dataset.to_owned(),
         metric,
@@ -260,7 +283,10 @@ fn tool_scores(example: &Example, prediction: &str) -> ExampleScores {
     let (correct, iou) = match example {
         Example::Tool(tool) => {
             let iou = match &tool.expected {
-                ToolExpectation::Calls(expected) => Some(api_iou(names.clone(), expected.iter().map(|c| c.name.as_str()))),
+                ToolExpectation::Calls(expected) => Some(api_iou(
+                    names.clone(),
+                    expected.iter().map(|c| c.name.as_str()),
+                )),
                 ToolExpectation::NoCall => Some(api_iou(names.clone(), [])),
                 ToolExpectation::AnyCall => None,
             };

@@ -1,14 +1,14 @@
 //! Properties of the metrics and splits over random inputs.
 
+use meft_eval::SplitConfig;
 use meft_eval::metrics::qa::{CaseRule, exact_match, f1, normalize_answer, substring_match};
 use meft_eval::metrics::value::parse_literal;
-use meft_eval::SplitConfig;
 use proptest::prelude::*;
 use serde_json::Value;
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
-        any::<i32>().prop_map(|n| Value::from(n)),
+        any::<i32>().prop_map(Value::from),
         any::<bool>().prop_map(Value::Bool),
         "[a-zA-Z0-9 ,._'-]{0,12}".prop_map(Value::String),
         Just(Value::Null),
