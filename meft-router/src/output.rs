@@ -127,6 +127,16 @@ impl TopK {
     pub fn token_scores(&self, t: usize) -> &[f32] {
         &self.scores[t * self.width..(t + 1) * self.width]
     }
+
+    /// All ids, T × width row-major.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// All scores, T × width row-major.
+    pub fn scores(&self) -> &[f32] {
+        &self.scores
+    }
 }
 
 /// Fraction of the dense top-K ids (all tokens pooled) that appear among the router's selections of
