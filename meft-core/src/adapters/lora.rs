@@ -1,0 +1,126 @@
+//! LoRA: a low-rank update `scale·B·A·dropout(x)` added to chosen projections (spec §7).
+//!
+//! Defaults follow the paper's baseline: query and value projections, alpha 16, dropout 0.05.
+//! `A` is initialised N(0, 1/in) and `B` = 0, so the adapted model starts equal to the base model.
+
+use std::sync::RwLock;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use super::{Phase, Trainable};
+use crate::{AdapterHook, LinearSite};
+
+/// LoRA hyper-parameters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    /// Rank `r` of the update.
+    pub rank: usize,
+    /// Scaling numerator: the update is multiplied by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout probability on the LoRA input during training.
+    pub dropout: f64,
+    /// Projections to adapt.
+    pub sites: Vec<LinearSite>,
+    /// Layers to adapt.
+    pub layers: Vec<usize>,
+}
+
+impl LoraConfig {
+    /// The paper's baseline (q and v, alpha 16, dropout 0.05) at rank `rank` on `layers`.
+    pub fn paper(rank: usize, layers: Vec<usize>) -> Self {
+        Self { rank, alpha: 16.0, dropout: 0.05, sites: vec![LinearSite::Query, LinearSite::Value], layers }
+    }
+}
+
+/// The two factors of one adapted projection: `A` (`r×in`) and `B` (`out×r`).
+#[derive(Debug, Clone)]
+struct LoraPair {
+    a: Var,
+    b: Var,
+}
+
+/// LoRA adapters on a set of `(layer, projection)` sites.
+#[derive(Debug)]
+pub struct LoraAdapter {
+    cfg: LoraConfig,
+    /// `(layer, site, factors)`, in config order.
+    pairs: Vec<(usize, LinearSite, LoraPair)>,
+    phase: RwLock<Phase>,
+}
+
+impl LoraAdapter {
+    /// Fresh adapters; `dims(site)` gives the projection's `(in, out)` features.
+    pub fn new(
+        cfg: LoraConfig,
+        dims: &dyn Fn(LinearSite) -> (usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if cfg.rank == 0 || !(0.0..1.0).contains(&cfg.dropout) {
+            candle_core::bail!(
+                "LoRA config: rank must be ≥ 1 (got {}) and dropout in [0, 1) (got {})",
+                cfg.rank,
+                cfg.dropout
+            );
+        }
+        let mut pairs = Vec::new();
+        for &layer in &cfg.layers {
+            for &site in &cfg.sites {
+                let (fan_in, fan_out) = dims(site);
+                let std = (1.0 / fan_in as f64).sqrt() as f32;
+                let a = Tensor::randn(0f32, std, (cfg.rank, fan_in), device)?.to_dtype(dtype)?;
+                let pair = LoraPair { a: Var::from_tensor(&a)?, b: Var::zeros((fan_out, cfg.rank), dtype, device)? };
+                pairs.push((layer, site, pair));
+            }
+        }
+        Ok(Self { cfg, pairs, phase: RwLock::new(Phase::Train) })
+    }
+
+    /// Switches dropout on ([`Phase::Train`]) or off ([`Phase::Eval`]).
+    pub fn set_phase(&self, phase: Phase) {
+        *self.phase.write().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        let phase = *self.phase.read().unwrap_or_else(|e| e.into_inner());
+        match phase {
+            Phase::Eval => Ok(x.clone()),
+            Phase::Train if self.cfg.dropout == 0.0 => Ok(x.clone()),
+            Phase::Train => {
+                let keep = 1.0 - self.cfg.dropout;
+                let u = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                let mask = u.lt(keep)?.to_dtype(x.dtype())?;
+                (x * mask)?.affine(1.0 / keep, 0.0)
+            }
+        }
+    }
+}
+
+impl AdapterHook for LoraAdapter {
+    fn ffn(&self, _layer: usize, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    fn linear(&self, layer: usize, site: LinearSite, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some((_, _, p)) = self.pairs.iter().find(|(l, s, _)| *l == layer && *s == site) else { return Ok(None) };
+        let fan_in = x.dim(candle_core::D::Minus1)?;
+        let mut out_shape = x.dims().to_vec();
+        let flat = self.dropout(&x.reshape(((), fan_in))?)?;
+        let h = flat.matmul(&p.a.as_tensor().t()?)?.matmul(&p.b.as_tensor().t()?)?;
+        *out_shape.last_mut().unwrap_or(&mut 0) = h.dim(1)?;
+        let scale = self.cfg.alpha / self.cfg.rank as f64;
+        Ok(Some(h.affine(scale, 0.0)?.reshape(out_shape)?))
+    }
+}
+
+impl Trainable for LoraAdapter {
+    fn vars(&self) -> Vec<(String, Var)> {
+        self.pairs
+            .iter()
+            .flat_map(|(l, s, p)| {
+                let site = format!("{s:?}").to_lowercase();
+                [(format!("layers.{l}.{site}.lora_a"), p.a.clone()), (format!("layers.{l}.{site}.lora_b"), p.b.clone())]
+            })
+            .collect()
+    }
+}
