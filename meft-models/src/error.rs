@@ -95,6 +95,40 @@ pub enum ModelError {
         /// Why it could not be resolved, with the fix.
         reason: String,
     },
+    /// A configuration field is missing, has the wrong type or an unsupported value.
+    #[error("{file}: field `{field}`: {reason}")]
+    ConfigField {
+        /// The configuration file (e.g. `config.json`).
+        file: PathBuf,
+        /// The field at fault (dotted path for nested fields).
+        field: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A JSON file could not be parsed at all.
+    #[error("{file}: not valid JSON ({source}); is the file complete?")]
+    Json {
+        /// The file being parsed.
+        file: PathBuf,
+        /// The parser error.
+        source: serde_json::Error,
+    },
+    /// A safetensors file is malformed or holds a tensor type the loader cannot convert.
+    #[error("{file}: {reason}")]
+    Safetensors {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// What is wrong (header, dtype, tensor name) and how to fix it.
+        reason: String,
+    },
+    /// A model call got inputs it cannot process (token id out of range, empty sequence, ...).
+    #[error("{op}: {reason}")]
+    InvalidInput {
+        /// The model operation.
+        op: &'static str,
+        /// What is wrong with the input.
+        reason: String,
+    },
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,0 +1,224 @@
+//! LLaMA and Mistral decoders in one implementation.
+//!
+//! LLaMA: Touvron et al., "LLaMA: Open and Efficient Foundation Language Models" (2023), and
+//! "Llama 2" (2023): pre-RMSNorm, SwiGLU FFN, rotary position embeddings (Su et al., RoFormer),
+//! grouped-query attention (Ainslie et al., 2023). Mistral: Jiang et al., "Mistral 7B" (2023): the
+//! same block with sliding-window attention. [`ModelConfig`] selects between them; the model code
+//! never branches on the architecture beyond the attention mask.
+//!
+//! Two forwards share the layers: a training forward ([`Llama::forward`]) that is differentiable
+//! end to end (frozen base weights are plain tensors, gradients reach the activations and the
+//! adapters), and an inference forward with a [`KvCache`] ([`Llama::forward_cached`]).
+
+mod layer;
+
+use candle_core::{DType, Device, Result as CResult, Tensor};
+use meft_core::AdapterHook;
+
+pub use layer::{DecoderLayer, KvPair, LayerContext, Mlp, SelfAttention};
+
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::kv_cache::KvCache;
+use crate::ops::{self, AttentionMask, OpPath};
+use crate::weights::WeightMap;
+
+/// A LLaMA/Mistral causal language model with frozen weights.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    /// The configuration the weights were checked against.
+    pub config: ModelConfig,
+    /// `model.embed_tokens.weight`, `(vocab, hidden)`.
+    pub embed_tokens: Tensor,
+    /// `model.layers.*`.
+    pub layers: Vec<DecoderLayer>,
+    /// `model.norm.weight`, `(hidden)`.
+    pub norm: Tensor,
+    /// `lm_head.weight`, `(vocab, hidden)`; the embedding itself when tied.
+    pub lm_head: Tensor,
+    /// Which op implementation the training forward uses.
+    pub op_path: OpPath,
+}
+
+/// Mean negative log-likelihood of a token sequence.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Score {
+    /// Number of tokens in the sequence (predictions are one fewer).
+    pub tokens: usize,
+    /// Mean next-token negative log-likelihood in nats.
+    pub mean_nll: f64,
+}
+
+impl Llama {
+    /// Builds the model from HF-named weights, checking every shape against `cfg`.
+    ///
+    /// Q/K weights are used in the layout `cfg.rope_layout` says they are stored in (rotate-half
+    /// for HF checkpoints, interleaved pairs for GGUF), so no permutation is needed at load.
+    pub fn load(cfg: &ModelConfig, mut weights: WeightMap, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+        let embed_tokens = weights.take("model.embed_tokens.weight", &[v, d], dtype, device)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| load_layer(cfg, &mut weights, i, dtype, device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = weights.take("model.norm.weight", &[d], dtype, device)?;
+        let lm_head = if cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
+            embed_tokens.clone()
+        } else {
+            weights.take("lm_head.weight", &[v, d], dtype, device)?
+        };
+        Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, op_path: OpPath::default() })
+    }
+
+    /// Token embeddings.
+    ///
+    /// # Shapes
+    /// `tokens`: `(batch, seq)` u32; result `(batch, seq, hidden)`.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {
+        let (b, s) = tokens.dims2()?;
+        let ids = tokens.flatten_all()?.to_vec1::<u32>()?;
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(ModelError::InvalidInput {
+                op: "embed",
+                reason: format!("token id {bad} is outside the vocabulary of {}", self.config.vocab_size),
+            });
+        }
+        let flat = tokens.flatten_all()?.to_dtype(DType::U32)?;
+        Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, s, self.config.hidden_size))?)
+    }
+
+    /// Context for one forward call over `seq` positions starting at `offset`.
+    pub fn context<'a>(&self, hook: &'a dyn AdapterHook, path: OpPath, offset: usize, seq: usize) -> LayerContext<'a> {
+        let cfg = &self.config;
+        LayerContext {
+            hook,
+            path,
+            rope: ops::rope_tables(cfg.head_dim, cfg.rope_theta, offset, seq),
+            mask: AttentionMask { seq, offset, window: cfg.sliding_window },
+        }
+    }
+
+    /// Training forward from tokens: differentiable logits.
+    ///
+    /// # Shapes
+    /// `tokens`: `(batch, seq)` u32; result `(batch, seq, vocab)`.
+    pub fn forward(&self, tokens: &Tensor, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
+        self.forward_embeds(&self.embed(tokens)?, hook)
+    }
+
+    /// Training forward from embeddings (e.g. a `Var` to take gradients w.r.t. the input).
+    ///
+    /// # Shapes
+    /// `h`: `(batch, seq, hidden)`; result `(batch, seq, vocab)`.
+    pub fn forward_embeds(&self, h: &Tensor, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
+        let ctx = self.context(hook, self.op_path, 0, h.dim(1)?);
+        let mut h = h.clone();
+        for layer in &self.layers {
+            h = layer.forward(&h, &ctx, None)?;
+        }
+        Ok(self.head(&h, ctx.path)?)
+    }
+
+    /// Final norm and output head.
+    ///
+    /// # Shapes
+    /// `h`: `(batch, seq, hidden)`; result `(batch, seq, vocab)`.
+    pub fn head(&self, h: &Tensor, path: OpPath) -> CResult<Tensor> {
+        let x = ops::rms_norm(h, &self.norm, self.config.rms_norm_eps, path)?;
+        ops::linear(&x, &self.lm_head)
+    }
+
+    /// Inference forward of new tokens after the positions in `cache`, extending the cache.
+    /// Fused kernels; intended for use without gradients.
+    ///
+    /// # Shapes
+    /// `tokens`: `(batch, seq)` u32; result `(batch, seq, vocab)`.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::InvalidInput {
+                op: "forward_cached",
+                reason: format!("cache has {} layers, model {}", cache.layers.len(), self.layers.len()),
+            });
+        }
+        let h = self.embed(tokens)?;
+        let seq = h.dim(1)?;
+        let ctx = self.context(hook, OpPath::Fused, cache.len(), seq);
+        let mut h = h;
+        for (layer, entry) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward(&h, &ctx, Some(entry))?;
+        }
+        cache.advance(seq);
+        Ok(self.head(&h, OpPath::Fused)?)
+    }
+
+    /// Mean next-token cross-entropy (differentiable): position `t` predicts `tokens[t + 1]`.
+    ///
+    /// `mask` (same shape as `tokens`, 1 = counted) selects the target tokens that count;
+    /// its first column is ignored since the first token is never predicted.
+    ///
+    /// # Shapes
+    /// `logits`: `(batch, seq, vocab)`, `tokens`/`mask`: `(batch, seq)`; result a scalar.
+    pub fn next_token_loss(&self, logits: &Tensor, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let (b, s, v) = logits.dims3()?;
+        if s < 2 {
+            return Err(ModelError::InvalidInput { op: "next_token_loss", reason: "need at least two tokens".into() });
+        }
+        let z = logits.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))?;
+        let t = tokens.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(DType::U32)?;
+        let nll = ops::cross_entropy(&z, &t, self.op_path)?;
+        match mask {
+            None => Ok(nll.mean_all()?),
+            Some(m) => {
+                let m = m.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(nll.dtype())?;
+                let count = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if count == 0.0 {
+                    return Err(ModelError::InvalidInput { op: "next_token_loss", reason: "the mask selects no token".into() });
+                }
+                Ok(((nll * m)?.sum_all()? / count)?)
+            }
+        }
+    }
+
+    /// Mean next-token negative log-likelihood of `tokens` (no gradient; used by `meft score`).
+    pub fn score(&self, tokens: &[u32]) -> Result<Score, ModelError> {
+        if tokens.len() < 2 {
+            return Err(ModelError::InvalidInput { op: "score", reason: "need at least two tokens to score".into() });
+        }
+        let device = self.embed_tokens.device();
+        let ids = Tensor::from_slice(tokens, (1, tokens.len()), device)?;
+        let mut cache = KvCache::new(self.layers.len());
+        let logits = self.forward_cached(&ids, &mut cache, &meft_core::NoAdapters)?.to_dtype(DType::F32)?;
+        let loss = self.next_token_loss(&logits, &ids, None)?;
+        Ok(Score { tokens: tokens.len(), mean_nll: loss.to_dtype(DType::F64)?.to_scalar::<f64>()? })
+    }
+}
+
+fn load_layer(cfg: &ModelConfig, w: &mut WeightMap, i: usize, dtype: DType, device: &Device) -> Result<DecoderLayer, ModelError> {
+    let p = format!("model.layers.{i}");
+    let d = cfg.hidden_size;
+    let mut take = |name: &str, shape: &[usize]| w.take(&format!("{p}.{name}.weight"), shape, dtype, device);
+    let [q, k, v, o] = SelfAttention::shapes(cfg);
+    let self_attn = SelfAttention {
+        q_proj: take(&format!("self_attn.{}", q.0), &q.1)?,
+        k_proj: take(&format!("self_attn.{}", k.0), &k.1)?,
+        v_proj: take(&format!("self_attn.{}", v.0), &v.1)?,
+        o_proj: take(&format!("self_attn.{}", o.0), &o.1)?,
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        rope_layout: cfg.rope_layout,
+    };
+    let f = cfg.intermediate_size;
+    let mlp = Mlp {
+        gate_proj: take("mlp.gate_proj", &[f, d])?,
+        up_proj: take("mlp.up_proj", &[f, d])?,
+        down_proj: take("mlp.down_proj", &[d, f])?,
+    };
+    Ok(DecoderLayer {
+        index: i,
+        input_layernorm: take("input_layernorm", &[d])?,
+        self_attn,
+        post_attention_layernorm: take("post_attention_layernorm", &[d])?,
+        mlp,
+        eps: cfg.rms_norm_eps,
+    })
+}

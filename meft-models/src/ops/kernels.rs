@@ -1,0 +1,467 @@
+//! Fused CPU kernels as candle custom ops, each with a hand-written backward.
+//!
+//! Every kernel computes in f32 (bf16/f16 inputs are widened, outputs narrowed back) over
+//! contiguous row-major data and parallelises over rows with rayon. The reference forms built
+//! from basic candle ops live in [`super`] as `*_slow`; tests compare values and gradients.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::config::RopeLayout;
+
+/// Rows below this many elements in total are processed on the calling thread.
+const PAR_MIN_ELEMS: usize = 1 << 14;
+
+/// The contiguous data of a CPU tensor as f32 (borrowed when it already is f32).
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Cow<'a, [f32]>> {
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: input must be contiguous") };
+    Ok(match s {
+        CpuStorage::F32(v) => Cow::Borrowed(&v[a..b]),
+        CpuStorage::BF16(v) => Cow::Owned(v[a..b].iter().map(|x| x.to_f32()).collect()),
+        CpuStorage::F16(v) => Cow::Owned(v[a..b].iter().map(|x| x.to_f32()).collect()),
+        other => bail!("{op}: unsupported dtype {:?}", other.dtype()),
+    })
+}
+
+/// Wraps f32 results as storage of `dtype`.
+fn storage_of(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(v),
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
+        other => bail!("fused kernel: unsupported dtype {other:?}"),
+    })
+}
+
+/// Runs `f(row_index, out_row)` over the rows of a fresh `rows × cols` buffer.
+fn map_rows(rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    if cols == 0 {
+        return out;
+    }
+    if rows * cols < PAR_MIN_ELEMS {
+        out.chunks_mut(cols).enumerate().for_each(|(r, o)| f(r, o));
+    } else {
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| f(r, o));
+    }
+    out
+}
+
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1)
+}
+
+// ------------------------------------------------------------------ RMSNorm
+
+/// `y = x / sqrt(mean(x²) + eps) * w` over the last dimension.
+pub(super) struct RmsNorm {
+    pub eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "meft-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        let d = last_dim(l1);
+        if w.len() != d {
+            bail!("rms-norm: weight has {} elements, rows have {d}", w.len())
+        }
+        let out = map_rows(x.len() / d.max(1), d, |r, o| {
+            let row = &x[r * d..(r + 1) * d];
+            let rstd = rstd(row, self.eps);
+            for ((o, &xi), &wi) in o.iter_mut().zip(row).zip(w.iter()) {
+                *o = xi * rstd * wi;
+            }
+        });
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let gx = x.apply_op3_no_bwd(w, &g, &RmsNormBwd { eps: self.eps })?;
+        let gw = if w.track_op() {
+            let rstd = (x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + self.eps as f64)?.sqrt()?.recip()?;
+            let n = x.elem_count() / w.elem_count();
+            Some(g.mul(&x.broadcast_mul(&rstd)?)?.reshape((n, w.elem_count()))?.sum(0)?)
+        } else {
+            None
+        };
+        Ok((Some(gx), gw))
+    }
+}
+
+fn rstd(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+/// Gradient of [`RmsNorm`] w.r.t. `x`: `r·(w∘g) − x·r³·mean(x∘w∘g)`.
+struct RmsNormBwd {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "meft-rms-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, self.name())?;
+        let w = f32_data(s2, l2, self.name())?;
+        let g = f32_data(s3, l3, self.name())?;
+        let d = last_dim(l1);
+        let out = map_rows(x.len() / d.max(1), d, |r, o| {
+            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let rs = rstd(xr, self.eps);
+            let dot: f32 = xr.iter().zip(gr).zip(w.iter()).map(|((a, b), c)| a * b * c).sum::<f32>() / d as f32;
+            let k = dot * rs * rs * rs;
+            for i in 0..d {
+                o[i] = rs * w[i] * gr[i] - xr[i] * k;
+            }
+        });
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+}
+
+// ------------------------------------------------------------------ masked softmax
+
+/// Which keys a query row may attend to.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CausalMask {
+    /// Number of query positions per head block (rows repeat with this period).
+    pub seq: usize,
+    /// Absolute position of the first query (the KV-cache length before this call).
+    pub offset: usize,
+    /// Mistral sliding window; `None` is full causal attention.
+    pub window: Option<usize>,
+}
+
+impl CausalMask {
+    /// The half-open range of visible key positions for row `r`.
+    pub fn visible(&self, r: usize, keys: usize) -> (usize, usize) {
+        let pos = self.offset + r % self.seq.max(1);
+        let end = (pos + 1).min(keys);
+        let start = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        (start.min(end), end)
+    }
+}
+
+/// Softmax over the last dimension restricted to the keys visible under a causal mask; masked
+/// entries are exactly zero.
+pub(super) struct MaskedSoftmax {
+    pub mask: CausalMask,
+}
+
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "meft-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l, self.name())?;
+        let t = last_dim(l);
+        let out = map_rows(x.len() / t.max(1), t, |r, o| {
+            let (a, b) = self.mask.visible(r, t);
+            let row = &x[r * t + a..r * t + b];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in o[a..b].iter_mut().zip(row) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            o[a..b].iter_mut().for_each(|v| *v *= inv);
+        });
+        Ok((storage_of(out, s.dtype())?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwd)?))
+    }
+}
+
+/// `gx = y ∘ (g − Σ g∘y)` row-wise.
+struct SoftmaxBwd;
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "meft-softmax-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        let t = last_dim(l1);
+        let out = map_rows(y.len() / t.max(1), t, |r, o| {
+            let (yr, gr) = (&y[r * t..(r + 1) * t], &g[r * t..(r + 1) * t]);
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for i in 0..t {
+                o[i] = yr[i] * (gr[i] - dot);
+            }
+        });
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+}
+
+// ------------------------------------------------------------------ RoPE
+
+/// cos/sin tables for positions `offset..offset+seq`, each `seq × head_dim/2`.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    pub(super) cos: Arc<Vec<f32>>,
+    pub(super) sin: Arc<Vec<f32>>,
+    pub(super) seq: usize,
+    pub(super) half: usize,
+}
+
+/// Rotary embedding of `(batch, seq, heads, head_dim)` data; `sign = -1` applies the inverse
+/// rotation (the backward).
+pub(super) struct Rope {
+    pub tables: RopeTables,
+    pub layout: RopeLayout,
+    pub heads: usize,
+    pub sign: f32,
+}
+
+impl Rope {
+    fn rotate(&self, r: usize, x: &[f32], o: &mut [f32]) {
+        let (half, t) = (self.tables.half, &self.tables);
+        let pos = (r / self.heads) % t.seq;
+        let (cos, sin) = (&t.cos[pos * half..(pos + 1) * half], &t.sin[pos * half..(pos + 1) * half]);
+        for i in 0..half {
+            let (a, b) = match self.layout {
+                RopeLayout::RotateHalf => (i, i + half),
+                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+            };
+            let (c, s) = (cos[i], self.sign * sin[i]);
+            o[a] = x[a] * c - x[b] * s;
+            o[b] = x[a] * s + x[b] * c;
+        }
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "meft-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l, self.name())?;
+        let d = last_dim(l);
+        if d != 2 * self.tables.half {
+            bail!("rope: head_dim {d} does not match the tables ({})", 2 * self.tables.half)
+        }
+        let out = map_rows(x.len() / d, d, |r, o| self.rotate(r, &x[r * d..(r + 1) * d], o));
+        Ok((storage_of(out, s.dtype())?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let inverse = Rope { tables: self.tables.clone(), layout: self.layout, heads: self.heads, sign: -self.sign };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+// ------------------------------------------------------------------ SwiGLU
+
+/// `silu(gate) ∘ up`.
+pub(super) struct SiluMul;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "meft-silu-mul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        if g.len() != u.len() {
+            bail!("silu-mul: gate and up differ in size")
+        }
+        let d = last_dim(l1);
+        let out = map_rows(g.len() / d.max(1), d, |r, o| {
+            for (i, o) in o.iter_mut().enumerate() {
+                let gv = g[r * d + i];
+                *o = gv * sigmoid(gv) * u[r * d + i];
+            }
+        });
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let d_gate = gate.apply_op3_no_bwd(up, &grad, &SiluMulBwd { wrt: SiluMulArg::Gate })?;
+        let d_up = gate.apply_op3_no_bwd(up, &grad, &SiluMulBwd { wrt: SiluMulArg::Up })?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
+/// Which argument of [`SiluMul`] a backward kernel differentiates.
+#[derive(Clone, Copy)]
+enum SiluMulArg {
+    Gate,
+    Up,
+}
+
+struct SiluMulBwd {
+    wrt: SiluMulArg,
+}
+
+impl CustomOp3 for SiluMulBwd {
+    fn name(&self) -> &'static str {
+        "meft-silu-mul-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32_data(s1, l1, self.name())?;
+        let u = f32_data(s2, l2, self.name())?;
+        let dy = f32_data(s3, l3, self.name())?;
+        let d = last_dim(l1);
+        let out = map_rows(g.len() / d.max(1), d, |r, o| {
+            for (i, o) in o.iter_mut().enumerate() {
+                let k = r * d + i;
+                let sg = sigmoid(g[k]);
+                *o = match self.wrt {
+                    SiluMulArg::Gate => dy[k] * u[k] * sg * (1.0 + g[k] * (1.0 - sg)),
+                    SiluMulArg::Up => dy[k] * g[k] * sg,
+                };
+            }
+        });
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+}
+
+// ------------------------------------------------------------------ frozen linear
+
+/// Identity on its second argument (the precomputed `x·Wᵀ`) whose backward sends `g·W` to the
+/// first argument (`x`) and nothing to the weight: the weight gradient of a frozen layer is never
+/// computed.
+pub(super) struct FrozenLinearGrad {
+    pub weight: Tensor,
+}
+
+impl CustomOp2 for FrozenLinearGrad {
+    fn name(&self) -> &'static str {
+        "meft-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, _s1: &CpuStorage, _l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = l2.contiguous_offsets() else { bail!("frozen-linear: output must be contiguous") };
+        let out = match s2 {
+            CpuStorage::F32(v) => CpuStorage::F32(v[a..b].to_vec()),
+            CpuStorage::BF16(v) => CpuStorage::BF16(v[a..b].to_vec()),
+            CpuStorage::F16(v) => CpuStorage::F16(v[a..b].to_vec()),
+            other => bail!("frozen-linear: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, l2.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.broadcast_matmul(&self.weight)?), None))
+    }
+}
+
+// ------------------------------------------------------------------ cross-entropy
+
+/// Per-row negative log-likelihood `logsumexp(z) − z[target]` of `(rows, vocab)` logits.
+pub(super) struct CrossEntropy;
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "meft-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let z = f32_data(s1, l1, self.name())?;
+        let targets = targets(s2, l2)?;
+        let v = last_dim(l1);
+        let rows = z.len() / v.max(1);
+        if targets.len() != rows {
+            bail!("cross-entropy: {} targets for {rows} rows", targets.len())
+        }
+        if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
+            bail!("cross-entropy: target {t} is outside the vocabulary of {v}")
+        }
+        let out = map_rows(rows, 1, |r, o| {
+            let row = &z[r * v..(r + 1) * v];
+            o[0] = log_sum_exp(row) - row[targets[r] as usize];
+        });
+        Ok((storage_of(out, s1.dtype())?, Shape::from(rows)))
+    }
+
+    fn bwd(&self, z: &Tensor, t: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(z.apply_op3_no_bwd(t, &g.contiguous()?, &CrossEntropyBwd)?), None))
+    }
+}
+
+fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [u32]>> {
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("cross-entropy: targets must be contiguous") };
+    Ok(match s {
+        CpuStorage::U32(v) => Cow::Borrowed(&v[a..b]),
+        CpuStorage::I64(v) => Cow::Owned(v[a..b].iter().map(|&x| x.max(0) as u32).collect()),
+        other => bail!("cross-entropy: targets must be u32 or i64, got {:?}", other.dtype()),
+    })
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+/// `g_row · (softmax(z) − onehot(target))`.
+struct CrossEntropyBwd;
+
+impl CustomOp3 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "meft-cross-entropy-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let z = f32_data(s1, l1, self.name())?;
+        let t = targets(s2, l2)?;
+        let g = f32_data(s3, l3, self.name())?;
+        let v = last_dim(l1);
+        let out = map_rows(z.len() / v.max(1), v, |r, o| {
+            let row = &z[r * v..(r + 1) * v];
+            let lse = log_sum_exp(row);
+            for (o, &x) in o.iter_mut().zip(row) {
+                *o = (x - lse).exp() * g[r];
+            }
+            o[t[r] as usize] -= g[r];
+        });
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+}

@@ -1,0 +1,210 @@
+//! Building blocks of the decoder, each in two forms beside each other: a fused kernel
+//! (`op`, a custom op with a hand-written backward, [`kernels`]) and a reference built from basic
+//! differentiable candle ops (`op_slow`). [`OpPath`] picks one at run time; tests compare both,
+//! values and gradients.
+//!
+//! candle-nn's fused softmax/rms_norm/rope are never used: they have no backward and would silently
+//! cut the gradient flowing from the loss to the adapters.
+
+mod kernels;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+pub use kernels::RopeTables;
+use kernels::{CausalMask, CrossEntropy, FrozenLinearGrad, MaskedSoftmax, RmsNorm, Rope, SiluMul};
+
+use crate::config::RopeLayout;
+
+/// Which implementation of the elementwise/normalisation ops a forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpPath {
+    /// Fused CPU kernels with hand-written backward (fast; CPU only, falls back to reference elsewhere).
+    #[default]
+    Fused,
+    /// Compositions of basic candle ops, differentiated by candle's autograd (slow, obviously right).
+    Reference,
+}
+
+impl OpPath {
+    /// The path to take for tensors on `device`: fused kernels exist for the CPU only.
+    fn on(self, device: &Device) -> Self {
+        if device.is_cpu() { self } else { OpPath::Reference }
+    }
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`.
+///
+/// # Shapes
+/// `x`: `(..., d)`, `w`: `(d)`; result like `x`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, path: OpPath) -> Result<Tensor> {
+    match path.on(x.device()) {
+        OpPath::Fused => x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 }),
+        OpPath::Reference => rms_norm_slow(x, w, eps),
+    }
+}
+
+/// Reference form of [`rms_norm`].
+pub fn rms_norm_slow(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+/// cos/sin tables of rotary embeddings for positions `offset..offset + seq`.
+pub fn rope_tables(head_dim: usize, theta: f64, offset: usize, seq: usize) -> RopeTables {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(seq * half);
+    let mut sin = Vec::with_capacity(seq * half);
+    for pos in offset..offset + seq {
+        for i in 0..half {
+            // f32 inverse frequency as in the reference implementation, angle in f64.
+            let inv_freq = (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32;
+            let angle = pos as f64 * inv_freq as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    RopeTables { cos: cos.into(), sin: sin.into(), seq, half }
+}
+
+/// Rotary position embedding applied to the heads of `x`.
+///
+/// # Shapes
+/// `x`: `(batch, seq, heads, head_dim)` with `seq` equal to the tables' length; result like `x`.
+pub fn rope(x: &Tensor, tables: &RopeTables, layout: RopeLayout, path: OpPath) -> Result<Tensor> {
+    match path.on(x.device()) {
+        OpPath::Fused => {
+            let heads = x.dim(2)?;
+            x.contiguous()?.apply_op1(Rope { tables: tables.clone(), layout, heads, sign: 1.0 })
+        }
+        OpPath::Reference => rope_slow(x, tables, layout),
+    }
+}
+
+/// Reference form of [`rope`].
+pub fn rope_slow(x: &Tensor, tables: &RopeTables, layout: RopeLayout) -> Result<Tensor> {
+    let (b, s, h, d) = x.dims4()?;
+    let half = tables.half;
+    let table = |v: &[f32]| Tensor::from_slice(v, (s, 1, half), x.device())?.to_dtype(x.dtype());
+    let (cos, sin) = (table(&tables.cos)?, table(&tables.sin)?);
+    match layout {
+        RopeLayout::RotateHalf => {
+            let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
+            let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+            let c = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
+            Tensor::cat(&[a, c], 3)
+        }
+        RopeLayout::Interleaved => {
+            let xr = x.reshape((b, s, h, half, 2))?;
+            let (x1, x2) = (xr.narrow(4, 0, 1)?, xr.narrow(4, 1, 1)?);
+            let (cos, sin) = (cos.unsqueeze(3)?, sin.unsqueeze(3)?);
+            let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+            let c = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
+            Tensor::cat(&[a, c], 4)?.reshape((b, s, h, d))
+        }
+    }
+}
+
+/// Attention mask of a decoder: causal, optionally restricted to a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionMask {
+    /// Query positions in this call.
+    pub seq: usize,
+    /// Absolute position of the first query (tokens already in the KV cache).
+    pub offset: usize,
+    /// Sliding window (query at `i` sees keys `j` with `i − window < j ≤ i`); `None` = full.
+    pub window: Option<usize>,
+}
+
+impl AttentionMask {
+    fn causal(self) -> CausalMask {
+        CausalMask { seq: self.seq, offset: self.offset, window: self.window }
+    }
+}
+
+/// Softmax over the last dimension of attention scores under `mask`.
+///
+/// # Shapes
+/// `scores`: `(..., k·seq, keys)` where row `r` is query `r mod seq` (several heads of a GQA
+/// group may be stacked along the row dimension); result like `scores`.
+pub fn masked_softmax(scores: &Tensor, mask: AttentionMask, path: OpPath) -> Result<Tensor> {
+    match path.on(scores.device()) {
+        OpPath::Fused => scores.contiguous()?.apply_op1(MaskedSoftmax { mask: mask.causal() }),
+        OpPath::Reference => masked_softmax_slow(scores, mask),
+    }
+}
+
+/// Reference form of [`masked_softmax`]: an additive −∞ mask and softmax from basic ops.
+pub fn masked_softmax_slow(scores: &Tensor, mask: AttentionMask) -> Result<Tensor> {
+    let dims = scores.dims().to_vec();
+    let keys = *dims.last().unwrap_or(&1);
+    let causal = mask.causal();
+    let mut bias = vec![f32::NEG_INFINITY; mask.seq * keys];
+    for r in 0..mask.seq {
+        let (a, b) = causal.visible(r, keys);
+        bias[r * keys + a..r * keys + b].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let bias = Tensor::from_vec(bias, (mask.seq, keys), scores.device())?.to_dtype(scores.dtype())?;
+    let blocks = scores.elem_count() / (mask.seq * keys);
+    let x = scores.reshape((blocks, mask.seq, keys))?.broadcast_add(&bias)?;
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.reshape(dims)
+}
+
+/// SwiGLU activation `silu(gate) ∘ up`.
+///
+/// # Shapes
+/// `gate`, `up`: same shape; result likewise.
+pub fn silu_mul(gate: &Tensor, up: &Tensor, path: OpPath) -> Result<Tensor> {
+    match path.on(gate.device()) {
+        OpPath::Fused => gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul),
+        OpPath::Reference => silu_mul_slow(gate, up),
+    }
+}
+
+/// Reference form of [`silu_mul`].
+pub fn silu_mul_slow(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// `x·Wᵀ` for a frozen weight `W` stored `(out, in)` as in HF checkpoints.
+///
+/// When `x` is part of an autograd graph and `W` is not, the backward sends `g·W` to `x` and
+/// skips the (large, unused) weight gradient that candle's matmul backward would compute. A weight
+/// that is itself trainable (a `Var`, or derived from one) takes the plain matmul.
+///
+/// # Shapes
+/// `x`: `(..., in)`, `w`: `(out, in)`; result `(..., out)`.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.track_op() || w.track_op() || !x.device().is_cpu() {
+        return linear_slow(&x, w);
+    }
+    let y = x.detach().broadcast_matmul(&w.t()?)?;
+    x.apply_op2(&y, FrozenLinearGrad { weight: w.clone() })
+}
+
+/// Reference form of [`linear`]: the plain matmul (computes the weight gradient too).
+pub fn linear_slow(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.broadcast_matmul(&w.t()?)
+}
+
+/// Per-row negative log-likelihood of `targets` under `logits`.
+///
+/// # Shapes
+/// `logits`: `(rows, vocab)`, `targets`: `(rows)` u32; result `(rows)` in the logits' dtype.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, path: OpPath) -> Result<Tensor> {
+    match path.on(logits.device()) {
+        OpPath::Fused => logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy),
+        OpPath::Reference => cross_entropy_slow(logits, targets),
+    }
+}
+
+/// Reference form of [`cross_entropy`]: `logsumexp(z) − z[target]`.
+pub fn cross_entropy_slow(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let picked = logits.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?;
+    logits.log_sum_exp(D::Minus1)? - picked
+}
+
+#[cfg(test)]
+mod tests;

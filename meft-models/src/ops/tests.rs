@@ -1,0 +1,127 @@
+//! Fused kernels against their reference forms: values and gradients on pseudo-random inputs.
+//!
+//! Tolerance: |fused − reference| ≤ 1e-5 + 1e-4·|reference| (f32; the forms differ only in
+//! summation order and in where the normalisation constant is applied).
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use proptest::prelude::*;
+
+use super::*;
+
+const ABS: f32 = 1e-5;
+const REL: f32 = 1e-4;
+
+/// Deterministic values in [-scale, scale).
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn tensor(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
+    Tensor::from_vec(values(shape.iter().product(), seed, scale), shape, &Device::Cpu)
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
+    let a = a.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len(), "{what}: sizes differ");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= ABS + REL * y.abs(), "{what}[{i}]: fused {x} vs reference {y}");
+    }
+}
+
+/// Runs `f` under both paths on Vars made from `inputs`, comparing outputs and the gradients of
+/// `sum(out ∘ probe)` w.r.t. every input.
+fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor], OpPath) -> Result<Tensor>) {
+    let run = |path| {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&ts, path).unwrap();
+        let probe = tensor(out.dims(), 99, 1.0).unwrap();
+        let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs: Vec<Tensor> = ts.iter().map(|t| grads.get(t).expect("missing gradient").clone()).collect();
+        (out, gs)
+    };
+    let (out_f, g_f) = run(OpPath::Fused);
+    let (out_r, g_r) = run(OpPath::Reference);
+    assert_close(&format!("{name} value"), &out_f, &out_r);
+    for (i, (a, b)) in g_f.iter().zip(&g_r).enumerate() {
+        assert_close(&format!("{name} grad of input {i}"), a, b);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn rms_norm_matches_reference(rows in 1usize..9, d in 1usize..70, seed in 0u64..1000) {
+        let x = tensor(&[rows, d], seed, 2.0).unwrap();
+        let w = tensor(&[d], seed + 1, 1.5).unwrap();
+        check("rms_norm", &[x, w], |t, p| rms_norm(&t[0], &t[1], 1e-5, p));
+    }
+
+    #[test]
+    fn softmax_matches_reference(
+        blocks in 1usize..4, seq in 1usize..9, extra in 0usize..5, window in 0usize..6, seed in 0u64..1000,
+    ) {
+        let keys = seq + extra;
+        let mask = AttentionMask { seq, offset: extra, window: (window > 0).then_some(window) };
+        let x = tensor(&[blocks, 2 * seq, keys], seed, 4.0).unwrap();
+        check("masked_softmax", &[x], |t, p| masked_softmax(&t[0], mask, p));
+    }
+
+    #[test]
+    fn rope_matches_reference(seq in 1usize..7, heads in 1usize..4, half in 1usize..9, offset in 0usize..20, seed in 0u64..1000) {
+        let tables = rope_tables(2 * half, 10_000.0, offset, seq);
+        let x = tensor(&[2, seq, heads, 2 * half], seed, 1.0).unwrap();
+        for layout in [RopeLayout::RotateHalf, RopeLayout::Interleaved] {
+            check("rope", std::slice::from_ref(&x), |t, p| rope(&t[0], &tables, layout, p));
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_reference(rows in 1usize..9, d in 1usize..70, seed in 0u64..1000) {
+        let g = tensor(&[rows, d], seed, 6.0).unwrap();
+        let u = tensor(&[rows, d], seed + 7, 2.0).unwrap();
+        check("silu_mul", &[g, u], |t, p| silu_mul(&t[0], &t[1], p));
+    }
+
+    #[test]
+    fn cross_entropy_matches_reference(rows in 1usize..9, vocab in 2usize..60, seed in 0u64..1000) {
+        let z = tensor(&[rows, vocab], seed, 5.0).unwrap();
+        let t: Vec<u32> = (0..rows).map(|r| ((r as u64 * 7 + seed) % vocab as u64) as u32).collect();
+        let t = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
+        check("cross_entropy", &[z], |x, p| cross_entropy(&x[0], &t, p));
+    }
+}
+
+#[test]
+fn frozen_linear_gradient_matches_plain_matmul() {
+    let x = Var::from_tensor(&tensor(&[2, 3, 5], 1, 1.0).unwrap()).unwrap();
+    let w = tensor(&[4, 5], 2, 1.0).unwrap();
+    let probe = tensor(&[2, 3, 4], 3, 1.0).unwrap();
+    let grad_of = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let fast = linear(x.as_tensor(), &w).unwrap();
+    let slow = linear_slow(x.as_tensor(), &w).unwrap();
+    assert_close("linear value", &fast, &slow);
+    let (gf, gs) = (grad_of(fast), grad_of(slow));
+    assert_close("linear grad", gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap());
+}
+
+#[test]
+fn rope_inverse_undoes_rotation() {
+    let tables = rope_tables(8, 500.0, 3, 4);
+    let x = tensor(&[1, 4, 2, 8], 5, 1.0).unwrap();
+    let xv = Var::from_tensor(&x).unwrap();
+    // d/dx of sum(rope(x) ∘ rope(x)) = 2x for an orthogonal rotation.
+    let y = rope(xv.as_tensor(), &tables, RopeLayout::Interleaved, OpPath::Fused).unwrap();
+    let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert_close("rope orthogonality", g.get(xv.as_tensor()).unwrap(), &(x * 2.0).unwrap());
+}

@@ -1,0 +1,239 @@
+//! Model behaviour beyond the golden values: KV-cache inference against the full forward, fused
+//! inference against the reference training forward, Mistral ≡ LLaMA when the window covers the
+//! sequence, adapter gradients through every layer, sharded loading, scoring and generation.
+//!
+//! Tolerance for equalities between our own paths: `|a − b| ≤ 1e-5·max(|b|, 1)` — both run in f32
+//! and differ only in summation order.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use common::*;
+use meft_core::{AdapterHook, LinearSite, NoAdapters};
+use meft_models::{generate, hf, Architecture, GenerateConfig, KvCache, OpPath, Sampler, Sampling};
+
+#[test]
+fn kv_cache_inference_equals_full_forward() {
+    for case in CASES {
+        let model = model(case, OpPath::Reference);
+        let toks = tokens(case);
+        let full = model.forward(&toks, &NoAdapters).unwrap();
+        let mut cache = KvCache::new(model.layers.len());
+        let mut chunks = Vec::new();
+        for (start, len) in [(0, 5), (5, 1), (6, 6)] {
+            let part = toks.narrow(1, start, len).unwrap();
+            chunks.push(model.forward_cached(&part, &mut cache, &NoAdapters).unwrap());
+        }
+        assert_eq!(cache.len(), 12);
+        let cached = Tensor::cat(&chunks, 1).unwrap();
+        assert_rel_close(&format!("{case} cached vs full"), &cached, &full, 1e-5);
+    }
+}
+
+#[test]
+fn fused_inference_equals_reference_training_forward() {
+    for case in CASES {
+        let toks = tokens(case);
+        let reference = model(case, OpPath::Reference).forward(&toks, &NoAdapters).unwrap();
+        let fused = model(case, OpPath::Fused);
+        let mut cache = KvCache::new(fused.layers.len());
+        let inferred = fused.forward_cached(&toks, &mut cache, &NoAdapters).unwrap();
+        assert_rel_close(&format!("{case} fused inference"), &inferred, &reference, 1e-5);
+        let trained = fused.forward(&toks, &NoAdapters).unwrap();
+        assert_rel_close(&format!("{case} fused training"), &trained, &reference, 1e-5);
+    }
+}
+
+#[test]
+fn mistral_with_covering_window_equals_llama() {
+    let mut as_mistral = config("mistral_tiny");
+    as_mistral.sliding_window = Some(12);
+    let mut as_llama = as_mistral.clone();
+    as_llama.architecture = Architecture::Llama;
+    as_llama.sliding_window = None;
+    let toks = tokens("mistral_tiny");
+    let a = model_from(&as_mistral, raw_weights("mistral_tiny"), OpPath::Fused).forward(&toks, &NoAdapters).unwrap();
+    let b = model_from(&as_llama, raw_weights("mistral_tiny"), OpPath::Fused).forward(&toks, &NoAdapters).unwrap();
+    assert_rel_close("window 12 vs llama", &a, &b, 1e-6);
+    let windowed = model("mistral_tiny", OpPath::Fused).forward(&toks, &NoAdapters).unwrap();
+    let diff = (windowed - &b).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(scalar(&diff) > 1e-3, "the window 5 < 12 must change the logits");
+}
+
+/// A dense parallel adapter `relu(x·A)·B` beside every FFN and a LoRA-like term on every
+/// projection, all trainable.
+struct TestAdapters {
+    ffn: Vec<(Var, Var)>,
+    linear: HashMap<(usize, LinearSite), Var>,
+}
+
+impl AdapterHook for TestAdapters {
+    fn ffn(&self, layer: usize, x: &Tensor) -> Result<Option<Tensor>> {
+        let (a, b) = &self.ffn[layer];
+        Ok(Some(x.broadcast_matmul(a.as_tensor())?.relu()?.broadcast_matmul(b.as_tensor())?))
+    }
+
+    fn linear(&self, layer: usize, site: LinearSite, x: &Tensor) -> Result<Option<Tensor>> {
+        let w = &self.linear[&(layer, site)];
+        let out = w.dim(1)?;
+        // A cheap additive term with the right output width: mean over inputs times a vector.
+        Ok(Some(x.mean_keepdim(2)?.broadcast_mul(&w.as_tensor().reshape((1, 1, out))?)?))
+    }
+}
+
+#[test]
+fn every_adapter_parameter_gets_a_gradient_through_all_layers() {
+    let sites = [
+        LinearSite::Query,
+        LinearSite::Key,
+        LinearSite::Value,
+        LinearSite::Output,
+        LinearSite::Gate,
+        LinearSite::Up,
+        LinearSite::Down,
+    ];
+    for path in [OpPath::Fused, OpPath::Reference] {
+        let model = model("llama_tiny", path);
+        let cfg = &model.config;
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let widths = |s: LinearSite| match s {
+            LinearSite::Query | LinearSite::Output => d,
+            LinearSite::Key | LinearSite::Value => cfg.num_key_value_heads * cfg.head_dim,
+            LinearSite::Gate | LinearSite::Up => f,
+            LinearSite::Down => d,
+        };
+        let randn = |shape: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &Device::Cpu).unwrap()).unwrap();
+        let hook = TestAdapters {
+            ffn: (0..cfg.num_hidden_layers).map(|_| (randn(&[d, 8]), randn(&[8, d]))).collect(),
+            linear: (0..cfg.num_hidden_layers)
+                .flat_map(|l| sites.map(|s| ((l, s), randn(&[1, widths(s)]))))
+                .collect(),
+        };
+        let toks = tokens("llama_tiny");
+        let logits = model.forward(&toks, &hook).unwrap();
+        let grads = model.next_token_loss(&logits, &toks, None).unwrap().backward().unwrap();
+        let params = hook.ffn.iter().flat_map(|(a, b)| [a, b]).chain(hook.linear.values());
+        for (i, p) in params.enumerate() {
+            let g = grads.get(p.as_tensor()).unwrap_or_else(|| panic!("{path:?}: adapter param {i} has no gradient"));
+            let norm = scalar(&g.sqr().unwrap().sum_all().unwrap());
+            assert!(norm > 0.0, "{path:?}: adapter param {i} has a zero gradient");
+        }
+    }
+}
+
+#[test]
+fn masked_loss_counts_only_selected_targets() {
+    let model = model("llama_tiny", OpPath::Fused);
+    let toks = tokens("llama_tiny");
+    let logits = model.forward(&toks, &NoAdapters).unwrap();
+    let ones = Tensor::ones(toks.dims(), DType::F32, &Device::Cpu).unwrap();
+    let all = model.next_token_loss(&logits, &toks, None).unwrap();
+    let masked = model.next_token_loss(&logits, &toks, Some(&ones)).unwrap();
+    assert!((scalar(&all) - scalar(&masked)).abs() < 1e-6);
+    let zeros = ones.zeros_like().unwrap();
+    assert!(model.next_token_loss(&logits, &toks, Some(&zeros)).is_err());
+}
+
+#[test]
+fn score_equals_mean_loss_of_forward() {
+    let model = model("mistral_tiny", OpPath::Reference);
+    let toks = tokens("mistral_tiny").narrow(0, 0, 1).unwrap();
+    let ids: Vec<u32> = toks.flatten_all().unwrap().to_vec1().unwrap();
+    let score = model.score(&ids).unwrap();
+    let logits = model.forward(&toks, &NoAdapters).unwrap();
+    let loss = scalar(&model.next_token_loss(&logits, &toks, None).unwrap());
+    assert_eq!(score.tokens, ids.len());
+    assert!((score.mean_nll - loss).abs() < 1e-5, "{} vs {loss}", score.mean_nll);
+    assert!(model.score(&ids[..1]).is_err());
+}
+
+#[test]
+fn sharded_checkpoint_loads_like_single_file() {
+    let dir = std::env::temp_dir().join(format!("meft-models-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = raw_weights("llama_tiny");
+    let (mut a, mut b) = (HashMap::new(), HashMap::new());
+    let mut index = serde_json::Map::new();
+    for (i, (name, t)) in weights.iter().enumerate() {
+        let (shard, file) = if i % 2 == 0 { (&mut a, "model-00001-of-00002.safetensors") } else { (&mut b, "model-00002-of-00002.safetensors") };
+        shard.insert(name.clone(), t.clone());
+        index.insert(name.clone(), file.into());
+    }
+    candle_core::safetensors::save(&a, dir.join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": index });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = hf::load_safetensors(&dir, DType::F32, &Device::Cpu).unwrap();
+    let single = hf::load_safetensors(&fixture("llama_tiny"), DType::BF16, &Device::Cpu).unwrap();
+    assert_eq!(sharded.names(), single.names());
+    let m = meft_models::Llama::load(&config("llama_tiny"), sharded, DType::F32, &Device::Cpu).unwrap();
+    let logits = m.forward(&tokens("llama_tiny"), &NoAdapters).unwrap();
+    assert_rel_close("sharded logits", &logits, &expected("llama_tiny")["logits"], 1e-4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bf16_model_runs_close_to_f32() {
+    let weights = hf::load_safetensors(&fixture("llama_tiny"), DType::BF16, &Device::Cpu).unwrap();
+    let m = meft_models::Llama::load(&config("llama_tiny"), weights, DType::BF16, &Device::Cpu).unwrap();
+    let logits = m.forward(&tokens("llama_tiny"), &NoAdapters).unwrap().to_dtype(DType::F32).unwrap();
+    let want = &expected("llama_tiny")["logits"];
+    let err = scalar(&(logits - want).unwrap().abs().unwrap().max_all().unwrap());
+    assert!(err < 0.25, "bf16 logits drift {err}");
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_streams() {
+    let model = model("llama_tiny", OpPath::Fused);
+    let prompt = [3u32, 17, 42, 9];
+    let cfg = GenerateConfig { max_new_tokens: 6, sampling: Sampling::Greedy, stop_tokens: vec![] };
+    let mut streamed = Vec::new();
+    let out = generate(&model, &prompt, &cfg, &NoAdapters, |t| {
+        streamed.push(t);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(out, streamed);
+    assert_eq!(out.len(), 6);
+    // Each greedy token is the argmax of the full forward over prompt + previous tokens.
+    let mut seq = prompt.to_vec();
+    for &t in &out {
+        let ids = Tensor::from_slice(&seq, (1, seq.len()), &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, &NoAdapters).unwrap();
+        let last: Vec<f32> = logits.narrow(1, seq.len() - 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(Sampler::new(Sampling::Greedy).sample(&last).unwrap(), t);
+        seq.push(t);
+    }
+    let stopped = generate(&model, &prompt, &cfg, &NoAdapters, |_| ControlFlow::Break(())).unwrap();
+    assert_eq!(stopped.len(), 1);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let model = model("mistral_tiny", OpPath::Fused);
+    let prompt = [5u32, 6, 7];
+    let run = |seed| {
+        let cfg = GenerateConfig { max_new_tokens: 8, sampling: Sampling::from_temperature(1.5, seed), stop_tokens: vec![] };
+        generate(&model, &prompt, &cfg, &NoAdapters, |_| ControlFlow::Continue(())).unwrap()
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8), "different seeds should differ over 8 draws at T=1.5");
+    assert_eq!(Sampling::from_temperature(0.0, 3), Sampling::Greedy);
+}
+
+#[test]
+fn temperature_sampler_follows_the_distribution() {
+    let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
+    let mut s = Sampler::new(Sampling::Temperature { temperature: 1.0, seed: 11 });
+    let mut counts = [0usize; 3];
+    for _ in 0..4000 {
+        counts[s.sample(&logits).unwrap() as usize] += 1;
+    }
+    assert_eq!(counts[2], 0);
+    let frac = counts[1] as f64 / 4000.0;
+    assert!((frac - 0.75).abs() < 0.03, "P(token 1) ≈ 0.75, got {frac}");
+    assert!(s.sample(&[f32::NAN]).is_err());
+}
