@@ -5,7 +5,11 @@
 //! Parallel Adapter, LoRA, the offloaded MEFT adapter) without knowing which method is in use.
 
 pub mod adapter;
+pub mod adapters;
 pub mod error;
+pub mod optim;
+pub mod rows;
+pub mod sparse;
 
 pub use adapter::{AdapterHook, LinearSite, NoAdapters};
 pub use error::{Error, Result};
