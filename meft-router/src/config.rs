@@ -81,7 +81,10 @@ impl RouteConfig {
             return Err(RouteError::ZeroTopP);
         }
         if self.top_p > layout.experts() {
-            return Err(RouteError::TooManyProbes { top_p: self.top_p, experts: layout.experts() });
+            return Err(RouteError::TooManyProbes {
+                top_p: self.top_p,
+                experts: layout.experts(),
+            });
         }
         if self.capacity == Capacity::Rows(0) {
             return Err(RouteError::ZeroCapacity);

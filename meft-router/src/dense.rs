@@ -46,7 +46,11 @@ struct Partial {
 /// assert_eq!(top.token_scores(0), &[3.0, 2.0]);
 /// # Ok::<(), RouteError>(())
 /// ```
-pub fn dense_top_k(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &DenseConfig) -> Result<TopK> {
+pub fn dense_top_k(
+    inputs: &RouteInputs<'_>,
+    layout: &ExpertLayout,
+    cfg: &DenseConfig,
+) -> Result<TopK> {
     let width = dense_width(cfg, layout)?;
     let shape = check_inputs(inputs, layout, cfg.scoring == Scoring::Gated)?;
     let mut gbuf = Vec::new();
@@ -72,7 +76,18 @@ pub fn dense_top_k(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &DenseC
                 let b0 = c * KEY_CHUNK;
                 let nb = KEY_CHUNK.min(mtot - b0);
                 for toks in tokens.chunks(block) {
-                    if let Err(e) = score_chunk(inputs, layout, cfg.scoring, g, n, toks, b0, nb, width, &mut st) {
+                    if let Err(e) = score_chunk(
+                        inputs,
+                        layout,
+                        cfg.scoring,
+                        g,
+                        n,
+                        toks,
+                        b0,
+                        nb,
+                        width,
+                        &mut st,
+                    ) {
                         st.err = Some(e);
                         break;
                     }
@@ -84,7 +99,12 @@ pub fn dense_top_k(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &DenseC
     if let Some(e) = result.err {
         return Err(e);
     }
-    Ok(TopK { tokens: t, width, ids: result.ids, scores: result.scores })
+    Ok(TopK {
+        tokens: t,
+        width,
+        ids: result.ids,
+        scores: result.scores,
+    })
 }
 
 /// Scores `toks` against keys `b0..b0+nb` and folds them into the running top-K.
@@ -101,7 +121,15 @@ fn score_chunk(
     width: usize,
     st: &mut Partial,
 ) -> Result<()> {
-    score_block(inputs.x.as_slice(), toks, &inputs.keys, b0, nb, &mut st.buf, KEY_CHUNK);
+    score_block(
+        inputs.x.as_slice(),
+        toks,
+        &inputs.keys,
+        b0,
+        nb,
+        &mut st.buf,
+        KEY_CHUNK,
+    );
     let m = layout.per_expert();
     for (r, &tok) in toks.iter().enumerate() {
         let t = tok as usize;
@@ -136,7 +164,11 @@ fn merge(mut a: Partial, b: Partial, width: usize) -> Partial {
     }
     for t in 0..a.lens.len() {
         let rows = t * width..(t + 1) * width;
-        let mut row = TopKRow::resume(&mut a.ids[rows.clone()], &mut a.scores[rows.clone()], a.lens[t]);
+        let mut row = TopKRow::resume(
+            &mut a.ids[rows.clone()],
+            &mut a.scores[rows.clone()],
+            a.lens[t],
+        );
         for j in 0..b.lens[t] {
             row.push(b.ids[rows.start + j], b.scores[rows.start + j]);
         }

@@ -22,7 +22,11 @@ pub(crate) fn dot_slow(x: &[f32], keys: &KeysView<'_>, i: usize) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let padded = x.len().div_ceil(LANES) * LANES;
     for j in 0..padded {
-        let (a, b) = if j < x.len() { (x[j], keys.at(i, j)) } else { (0.0, 0.0) };
+        let (a, b) = if j < x.len() {
+            (x[j], keys.at(i, j))
+        } else {
+            (0.0, 0.0)
+        };
         lanes[j % LANES] = a.mul_add(b, lanes[j % LANES]);
     }
     reduce_lanes(lanes)
@@ -49,7 +53,10 @@ pub(crate) fn score_block(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    assert!(nb <= out_stride || tokens.len() <= 1, "score_block: out_stride < nb");
+    assert!(
+        nb <= out_stride || tokens.len() <= 1,
+        "score_block: out_stride < nb"
+    );
     assert!(tokens.is_empty() || out.len() >= (tokens.len() - 1) * out_stride + nb);
     assert!(b0 + nb <= keys.rows());
     let d = keys.dim();
@@ -201,8 +208,12 @@ mod simd {
         // SAFETY: forwarded from the caller.
         unsafe {
             match keys.elems() {
-                KeyElems::F32(k) => blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os),
-                KeyElems::Bf16(k) => blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os),
+                KeyElems::F32(k) => {
+                    blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os)
+                }
+                KeyElems::Bf16(k) => {
+                    blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os)
+                }
             }
         }
     }
@@ -237,7 +248,14 @@ mod simd {
                 // SAFETY: rows and output entries are in bounds (see score_block's checks).
                 unsafe {
                     match ta {
-                        4 => tile::<4, K>([xrow(t[0]), xrow(t[1]), xrow(t[2]), xrow(t[3])], kp, d, n, o, os),
+                        4 => tile::<4, K>(
+                            [xrow(t[0]), xrow(t[1]), xrow(t[2]), xrow(t[3])],
+                            kp,
+                            d,
+                            n,
+                            o,
+                            os,
+                        ),
                         3 => tile::<3, K>([xrow(t[0]), xrow(t[1]), xrow(t[2])], kp, d, n, o, os),
                         2 => tile::<2, K>([xrow(t[0]), xrow(t[1])], kp, d, n, o, os),
                         _ => tile::<1, K>([xrow(t[0])], kp, d, n, o, os),
@@ -269,18 +287,32 @@ mod tests {
 
     #[test]
     fn fast_kernel_is_bitwise_canonical() {
-        for &(t, m, d, stride) in &[(7, 13, 37, 40), (4, 6, 16, 16), (9, 20, 100, 200), (1, 1, 3, 3), (5, 7, 0, 0)] {
+        for &(t, m, d, stride) in &[
+            (7, 13, 37, 40),
+            (4, 6, 16, 16),
+            (9, 20, 100, 200),
+            (1, 1, 3, 3),
+            (5, 7, 0, 0),
+        ] {
             let x = data(t * d, 1);
             let kd = data(m * stride.max(1), 2);
             let kb: Vec<bf16> = kd.iter().map(|&v| bf16::from_f32(v)).collect();
             let tokens: Vec<u32> = (0..t as u32).rev().collect();
-            for keys in [KeysView::f32(&kd, m, d, stride).unwrap(), KeysView::bf16(&kb, m, d, stride).unwrap()] {
+            for keys in [
+                KeysView::f32(&kd, m, d, stride).unwrap(),
+                KeysView::bf16(&kb, m, d, stride).unwrap(),
+            ] {
                 let mut out = vec![f32::NAN; t * (m + 2)];
                 score_block(&x, &tokens, &keys, 1, m - 1, &mut out, m + 2);
                 for (r, &tok) in tokens.iter().enumerate() {
                     for c in 0..m - 1 {
-                        let want = dot_slow(&x[tok as usize * d..(tok as usize + 1) * d], &keys, 1 + c);
-                        assert_eq!(out[r * (m + 2) + c].to_bits(), want.to_bits(), "t{r} c{c} d{d}");
+                        let want =
+                            dot_slow(&x[tok as usize * d..(tok as usize + 1) * d], &keys, 1 + c);
+                        assert_eq!(
+                            out[r * (m + 2) + c].to_bits(),
+                            want.to_bits(),
+                            "t{r} c{c} d{d}"
+                        );
                     }
                 }
             }

@@ -3,7 +3,6 @@
 use crate::config::Capacity;
 use crate::output::{DROPPED, RouteStats};
 
-
 /// Reusable buffers for the union: O(M) marks that are reset after each call (only touched entries).
 #[derive(Debug, Default)]
 pub(crate) struct UnionScratch {
@@ -49,7 +48,11 @@ pub(crate) fn build_union(
             let sums = &s.sums;
             s.order.sort_unstable_by(|&a, &b| {
                 let (sa, sb) = (sums[a as usize], sums[b as usize]);
-                if better_sum(sa, a, sb, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater }
+                if better_sum(sa, a, sb, b) {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
             });
             union.extend_from_slice(&s.order[..c]);
             union.sort_unstable();
@@ -81,4 +84,3 @@ pub(crate) fn build_union(
 fn better_sum(sa: f64, ia: u32, sb: f64, ib: u32) -> bool {
     sa > sb || (sa == sb && ia < ib)
 }
-
