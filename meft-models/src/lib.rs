@@ -1,12 +1,16 @@
 //! LLaMA and Mistral models on candle: loaders, tokenizers, generation.
 
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod hf;
 pub mod kv_cache;
 pub mod llama;
 pub mod ops;
+pub mod resolve;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeLayout};
@@ -15,4 +19,6 @@ pub use generate::{generate, GenerateConfig, Sampler, Sampling};
 pub use kv_cache::KvCache;
 pub use llama::{Llama, Score};
 pub use ops::OpPath;
+pub use resolve::{ModelBundle, ModelSource};
+pub use tokenizer::Tokenizer;
 pub use weights::WeightMap;
