@@ -95,6 +95,15 @@ pub enum EvalError {
         /// What is wrong.
         problem: String,
     },
+    /// The model failed while generating (shapes, tokenizer, candle).
+    #[error("model: {0}")]
+    Model(#[from] meft_models::ModelError),
+    /// A decoding setting or a model output is unusable.
+    #[error("decoding: {problem}")]
+    Decode {
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
 }
 
 impl EvalError {

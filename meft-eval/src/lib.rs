@@ -7,12 +7,15 @@
 //! - [`prompt`]: examples to chat messages and targets, rendered by a [`ChatTemplate`]; [`LossMask`].
 //! - [`metrics`]: substring EM, SQuAD EM / F1, GSM8K / MATH answer accuracy, BFCL call match, IoU.
 //! - [`score`]: score predictions from any system ([`score_predictions`]) into a [`Report`].
+//! - [`generation`]: generation-based evaluation of a model (greedy / beam search with the KV
+//!   cache) and its output files.
 //! - [`results`] (JSON) and [`h5`] (HDF5): self-describing result files.
 
 pub mod bfcl;
 pub mod datasets;
 pub mod error;
 pub mod example;
+pub mod generation;
 pub mod h5;
 pub mod jsonl;
 pub mod metrics;
@@ -24,6 +27,7 @@ pub mod user;
 
 pub use datasets::Dataset;
 pub use error::{EvalError, Result};
+pub use generation::{EvalConfig, Evaluation, Evaluator};
 pub use example::{
     ChatMessage, Example, MathExample, QaExample, Role, ToolExample, ToolExpectation,
 };

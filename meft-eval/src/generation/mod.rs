@@ -1,0 +1,169 @@
+//! Generation-based evaluation: prompt → chat template → tokens → decoding with the KV cache →
+//! prediction text → [`score_examples`].
+//!
+//! - [`decode`]: greedy and beam search over any [`Stepper`], with the repetition penalty, and
+//!   the exhaustive reference that beam search is tested against.
+//! - [`model`]: the [`Stepper`] over a `meft_models::Llama` and the model's chat template.
+//! - [`output`]: the results JSON and the HDF5 per-example tables of an evaluation.
+//!
+//! A prediction is the decoded text of the new tokens without the final stop token, trimmed of
+//! surrounding whitespace. Examples are generated one at a time, in dataset order, so a run is
+//! deterministic for a given model, adapter and configuration.
+
+pub mod decode;
+pub mod model;
+pub mod output;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use meft_core::AdapterHook;
+use meft_models::{Llama, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+pub use decode::{
+    DecodeConfig, Decoded, Decoding, PenaltyScope, RepetitionPenalty, StopReason, Stepper,
+};
+pub use model::{LlamaStepper, stop_tokens};
+
+use crate::datasets::Dataset;
+use crate::error::Result;
+use crate::example::Example;
+use crate::prompt::{ChatTemplate, render};
+use crate::score::{Coverage, Metric, Report, score_examples};
+
+/// Settings of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    /// How replies are decoded.
+    pub decode: DecodeConfig,
+}
+
+impl Default for EvalConfig {
+    /// Greedy, 64 new tokens, no repetition penalty (the fast default; the paper used beam 4,
+    /// penalty 2.0 and 256 tokens).
+    fn default() -> Self {
+        Self {
+            decode: DecodeConfig {
+                decoding: Decoding::Greedy,
+                max_new_tokens: 64,
+                repetition_penalty: RepetitionPenalty::default(),
+            },
+        }
+    }
+}
+
+/// Generation facts of one example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// Example id.
+    pub id: String,
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated, stop token included.
+    pub new_tokens: usize,
+    /// Why generation ended.
+    pub stop: StopReason,
+    /// Sum of the (penalised) log-probabilities of the new tokens, in nats.
+    pub log_prob: f64,
+    /// Seconds spent on this example (prompt and generation).
+    pub seconds: f64,
+}
+
+/// The outcome of [`Evaluator::evaluate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Scores, with every example's prediction.
+    pub report: Report,
+    /// Per-example generation facts, in the order of `report.examples`.
+    pub generations: Vec<Generation>,
+    /// Seconds for the whole evaluation.
+    pub wall_seconds: f64,
+}
+
+impl Evaluation {
+    /// Generated tokens in total.
+    pub fn new_tokens(&self) -> usize {
+        self.generations.iter().map(|g| g.new_tokens).sum()
+    }
+}
+
+/// A model ready to answer: network, adapters, tokenizer and chat template.
+pub struct Evaluator<'a> {
+    /// The network.
+    pub model: &'a Llama,
+    /// Its tokenizer.
+    pub tokenizer: &'a Tokenizer,
+    /// How prompts are rendered.
+    pub template: &'a dyn ChatTemplate,
+    /// Adapters ([`meft_core::NoAdapters`] for the base model).
+    pub hook: &'a dyn AdapterHook,
+    /// Called after every forward call (see [`LlamaStepper::after_forward`]).
+    pub after_forward: Option<&'a dyn Fn()>,
+}
+
+impl Evaluator<'_> {
+    /// The reply to one example.
+    pub fn answer(&self, example: &Example, config: &EvalConfig) -> Result<(String, Generation)> {
+        let start = Instant::now();
+        let stops = stop_tokens(self.tokenizer, self.template)?;
+        let prompt = self.tokenizer.encode(&render(example, self.template).prompt)?;
+        let stepper = LlamaStepper {
+            model: self.model,
+            hook: self.hook,
+            after_forward: self.after_forward,
+        };
+        let decoded = decode::decode(&stepper, &prompt, &config.decode, &stops)?;
+        let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
+        let generation = Generation {
+            id: example.id().to_owned(),
+            prompt_tokens: prompt.len(),
+            new_tokens: decoded.tokens.len(),
+            stop: decoded.stop,
+            log_prob: decoded.log_prob,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        Ok((text, generation))
+    }
+
+    /// Answers every example of `examples` (from `dataset`) and scores the answers with the
+    /// dataset's metric; `on_done(i, n)` is called after each example.
+    pub fn evaluate(
+        &self,
+        dataset: &Dataset,
+        examples: &[Example],
+        config: &EvalConfig,
+        on_done: &mut dyn FnMut(usize, usize),
+    ) -> Result<Evaluation> {
+        config.decode.validate()?;
+        let start = Instant::now();
+        let mut texts = Vec::with_capacity(examples.len());
+        let mut generations = Vec::with_capacity(examples.len());
+        for (i, example) in examples.iter().enumerate() {
+            let (text, generation) = self.answer(example, config)?;
+            texts.push(text);
+            generations.push(generation);
+            on_done(i + 1, examples.len());
+        }
+        let predictions: HashMap<&str, &str> = examples
+            .iter()
+            .zip(&texts)
+            .map(|(e, t)| (e.id(), t.as_str()))
+            .collect();
+        let report = score_examples(
+            &dataset.name(),
+            examples,
+            &predictions,
+            Metric::for_dataset(dataset),
+            Coverage::Predicted,
+        );
+        Ok(Evaluation {
+            report,
+            generations,
+            wall_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
