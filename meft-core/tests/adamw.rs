@@ -369,7 +369,7 @@ fn parallel_paths_match_slow_over_several_steps() {
     for step in 1..=4u64 {
         let g = lcg_vec(100 + step, n);
         let touched: Vec<u32> = (0..n_rows as u32)
-            .filter(|r| (r * 7 + step as u32) % 3 != 0)
+            .filter(|r| !(r * 7 + step as u32).is_multiple_of(3))
             .collect();
         assert_eq!(
             adamw_dense(&cfg, step, fast.bufs(&g)),
