@@ -1,1 +1,4 @@
 //! Trainer, experiment specs, plots and the meft CLI.
+
+pub mod cli;
+pub mod train;

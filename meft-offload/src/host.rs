@@ -159,6 +159,36 @@ impl LayerArena {
         self.touched_ids.clear();
         Ok(())
     }
+
+    /// An arena with given bundled parameters, moments and step counters (a checkpoint restore);
+    /// gradients start at zero. Lengths must be `rows × 2d` (`row_steps`: `rows`).
+    pub fn restore(hidden: usize, params: Vec<f32>, m: Vec<f32>, v: Vec<f32>, row_steps: Vec<u64>, steps: u64) -> Result<Self> {
+        let n = params.len();
+        let rows = row_steps.len();
+        if hidden == 0 || n != rows * 2 * hidden || m.len() != n || v.len() != n {
+            return Err(OffloadError::plan(
+                "host store restore",
+                format!("params {n}, m {}, v {}, rows {rows} do not fit rows × 2·{hidden}", m.len(), v.len()),
+                "restore from a checkpoint written for the same M and d",
+            ));
+        }
+        Ok(Self { hidden, rows, params, m, v, grads: vec![0.0; n], row_steps, touched: vec![false; rows], touched_ids: Vec::new(), steps })
+    }
+
+    /// Sum of squares of the accumulated gradients (touched rows only; the rest are zero).
+    pub fn grad_sq_norm(&self) -> f64 {
+        let row_len = self.row_len();
+        let rows = self.touched_ids.iter().map(|&id| &self.grads[id as usize * row_len..(id as usize + 1) * row_len]);
+        rows.flatten().map(|&g| f64::from(g) * f64::from(g)).sum()
+    }
+
+    /// Multiplies the accumulated gradients by `factor` (gradient clipping).
+    pub fn scale_grads(&mut self, factor: f32) {
+        let row_len = self.row_len();
+        for &id in &self.touched_ids {
+            self.grads[id as usize * row_len..(id as usize + 1) * row_len].iter_mut().for_each(|g| *g *= factor);
+        }
+    }
 }
 
 /// Arenas of every adapted layer.

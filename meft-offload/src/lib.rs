@@ -23,6 +23,7 @@ pub mod error;
 pub mod host;
 pub mod ledger;
 pub mod plan;
+mod resume;
 mod routing;
 mod step;
 

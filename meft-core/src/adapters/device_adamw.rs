@@ -57,6 +57,26 @@ impl DeviceAdamW {
         self.slots.iter().map(|s| 2 * s.m.elem_count() as u64 * s.m.dtype().size_in_bytes() as u64).sum()
     }
 
+    /// First moment, second moment and step count of every variable, in construction order
+    /// (for checkpoints).
+    pub fn state(&self) -> Vec<(Tensor, Tensor, u64)> {
+        self.slots.iter().map(|s| (s.m.clone(), s.v.clone(), s.step)).collect()
+    }
+
+    /// Restores what [`Self::state`] returned; count and shapes must match.
+    pub fn set_state(&mut self, state: Vec<(Tensor, Tensor, u64)>) -> Result<()> {
+        if state.len() != self.slots.len() {
+            candle_core::bail!("optimizer state has {} slots, expected {}", state.len(), self.slots.len());
+        }
+        for (slot, (m, v, step)) in self.slots.iter_mut().zip(state) {
+            if m.shape() != slot.m.shape() || v.shape() != slot.v.shape() {
+                candle_core::bail!("optimizer state shape {:?} does not match {:?}", m.shape(), slot.m.shape());
+            }
+            (slot.m, slot.v, slot.step) = (m, v, step);
+        }
+        Ok(())
+    }
+
     /// One step using the gradients of a backward pass.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         for slot in &mut self.slots {
