@@ -1,5 +1,7 @@
-//! The `meft` command-line interface.
+//! The `meft` command-line interface (see `experiments::cli`).
+
+use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    experiments::cli::run(experiments::cli::Cli::parse())
 }
