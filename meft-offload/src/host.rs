@@ -32,7 +32,7 @@ pub struct LayerArena {
 impl LayerArena {
     /// An arena from keys and values (`M×d` each, row-major); moments and gradients zero.
     pub fn new(hidden: usize, keys: &[f32], values: &[f32]) -> Result<Self> {
-        if hidden == 0 || keys.len() % hidden != 0 || keys.len() != values.len() {
+        if hidden == 0 || !keys.len().is_multiple_of(hidden) || keys.len() != values.len() {
             return Err(OffloadError::plan(
                 "host store",
                 format!("keys ({}) and values ({}) are not two M×{hidden} matrices", keys.len(), values.len()),
