@@ -20,7 +20,8 @@ const SPECIAL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
 /// GPT-2's byte → printable character table.
 fn byte_chars() -> Vec<char> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {
@@ -99,9 +100,15 @@ fn random_weights(c: &ModelConfig, seed: u64) -> WeightMap {
         Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
     };
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
     let mut t = HashMap::new();
-    t.insert("model.embed_tokens.weight".to_owned(), tensor(&[v, d], 1.0, 0.0));
+    t.insert(
+        "model.embed_tokens.weight".to_owned(),
+        tensor(&[v, d], 1.0, 0.0),
+    );
     t.insert("model.norm.weight".to_owned(), tensor(&[d], 0.1, 1.0));
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -173,7 +180,10 @@ fn template_adapter_and_stop_tokens() {
     );
     assert_eq!(rendered.completion, "14 December 1972 UTC<|im_end|>\n");
     assert_eq!(ChatTemplate::completion(&t.template, "x"), "x<|im_end|>\n");
-    assert_eq!(stop_tokens(&t.tokenizer, &t.template).unwrap(), vec![256, 258]);
+    assert_eq!(
+        stop_tokens(&t.tokenizer, &t.template).unwrap(),
+        vec![256, 258]
+    );
 }
 
 #[test]
@@ -190,18 +200,33 @@ fn tiny_model_evaluates_deterministically_and_greedy_matches_meft_models_generat
     let dataset = Dataset::NqOpen;
     let cfg = config(Decoding::Greedy, 12, 1.0);
     let mut seen = Vec::new();
-    let first = evaluator.evaluate(&dataset, &examples, &cfg, &mut |i, n| seen.push((i, n))).unwrap();
-    let second = evaluator.evaluate(&dataset, &examples, &cfg, &mut |_, _| {}).unwrap();
+    let first = evaluator
+        .evaluate(&dataset, &examples, &cfg, &mut |i, n| seen.push((i, n)))
+        .unwrap();
+    let second = evaluator
+        .evaluate(&dataset, &examples, &cfg, &mut |_, _| {})
+        .unwrap();
     assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
     assert_eq!(first.report.examples, second.report.examples);
     assert_eq!(first.report.n_scored, 3);
-    assert_eq!(first.report.primary, 0.0, "random weights should not answer NQ");
-    assert!(first.generations.iter().all(|g| g.new_tokens >= 1 && g.new_tokens <= 12));
+    assert_eq!(
+        first.report.primary, 0.0,
+        "random weights should not answer NQ"
+    );
+    assert!(
+        first
+            .generations
+            .iter()
+            .all(|g| g.new_tokens >= 1 && g.new_tokens <= 12)
+    );
 
     // Same tokens as the streaming generator of meft-models (independent loop, same cache).
     let stops = stop_tokens(&t.tokenizer, &t.template).unwrap();
     for (example, generation) in examples.iter().zip(&first.generations) {
-        let prompt = t.tokenizer.encode(&meft_eval::render(example, &t.template).prompt).unwrap();
+        let prompt = t
+            .tokenizer
+            .encode(&meft_eval::render(example, &t.template).prompt)
+            .unwrap();
         let reference = meft_models::generate(
             &t.model,
             &prompt,
@@ -236,8 +261,22 @@ fn beam_search_with_penalty_runs_and_width_one_equals_greedy_on_the_model() {
         after_forward: None,
     };
     let greedy = config(Decoding::Greedy, 6, 2.0);
-    let width_one = config(Decoding::Beam { width: 1, length_penalty: 1.0 }, 6, 2.0);
-    let beam = config(Decoding::Beam { width: 3, length_penalty: 1.0 }, 6, 2.0);
+    let width_one = config(
+        Decoding::Beam {
+            width: 1,
+            length_penalty: 1.0,
+        },
+        6,
+        2.0,
+    );
+    let beam = config(
+        Decoding::Beam {
+            width: 3,
+            length_penalty: 1.0,
+        },
+        6,
+        2.0,
+    );
     let calls = std::cell::Cell::new(0usize);
     let count = || calls.set(calls.get() + 1);
     let counting = Evaluator {
@@ -251,7 +290,10 @@ fn beam_search_with_penalty_runs_and_width_one_equals_greedy_on_the_model() {
         let (_, bg) = evaluator.answer(example, &beam).unwrap();
         assert!(bg.new_tokens <= 6);
     }
-    assert!(calls.get() >= 2, "after_forward runs after every forward call");
+    assert!(
+        calls.get() >= 2,
+        "after_forward runs after every forward call"
+    );
 }
 
 #[test]
@@ -266,7 +308,9 @@ fn outputs_round_trip_json_and_hdf5() {
         after_forward: None,
     };
     let cfg = config(Decoding::Greedy, 4, 1.0);
-    let evaluation = evaluator.evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {}).unwrap();
+    let evaluation = evaluator
+        .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {})
+        .unwrap();
     let mut summary = EvalSummary::of_report(&evaluation.report, evaluation.wall_seconds);
     summary.model = Some("tiny".into());
     summary.config = Some(cfg);
@@ -277,15 +321,34 @@ fn outputs_round_trip_json_and_hdf5() {
         description: "tiny eval".into(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let paths = write_outputs(dir.path(), &metadata, &summary, &evaluation.report, &evaluation.generations).unwrap();
+    let paths = write_outputs(
+        dir.path(),
+        &metadata,
+        &summary,
+        &evaluation.report,
+        &evaluation.generations,
+    )
+    .unwrap();
     let back: WithMetadata<EvalResults> = read_json(&paths.json).unwrap();
     assert_eq!(back.result.summary, summary);
     assert_eq!(back.result.report, evaluation.report);
     let file = hdf5::File::open(&paths.hdf5).unwrap();
-    let ids = file.dataset("predictions/id").unwrap().read_1d::<hdf5::types::VarLenUnicode>().unwrap();
+    let ids = file
+        .dataset("predictions/id")
+        .unwrap()
+        .read_1d::<hdf5::types::VarLenUnicode>()
+        .unwrap();
     assert_eq!(ids.len(), 3);
-    let new_tokens = file.dataset("generation/new_tokens").unwrap().read_1d::<u64>().unwrap();
-    let expected: Vec<u64> = evaluation.generations.iter().map(|g| g.new_tokens as u64).collect();
+    let new_tokens = file
+        .dataset("generation/new_tokens")
+        .unwrap()
+        .read_1d::<u64>()
+        .unwrap();
+    let expected: Vec<u64> = evaluation
+        .generations
+        .iter()
+        .map(|g| g.new_tokens as u64)
+        .collect();
     assert_eq!(new_tokens.to_vec(), expected);
 }
 
@@ -302,7 +365,12 @@ fn real_smollm2_greedy_on_five_nq_questions() {
     let weights = std::mem::replace(&mut bundle.weights, WeightMap::new(HashMap::new(), "moved"));
     let model = Llama::load(&bundle.config, weights, DType::F32, &Device::Cpu).unwrap();
     let template = bundle.chat.expect("SmolLM2 declares ChatML");
-    let examples: Vec<Example> = Dataset::NqOpen.load(&data).unwrap().into_iter().take(5).collect();
+    let examples: Vec<Example> = Dataset::NqOpen
+        .load(&data)
+        .unwrap()
+        .into_iter()
+        .take(5)
+        .collect();
     let evaluator = Evaluator {
         model: &model,
         tokenizer: &bundle.tokenizer,
@@ -311,11 +379,16 @@ fn real_smollm2_greedy_on_five_nq_questions() {
         after_forward: None,
     };
     let cfg = config(Decoding::Greedy, 24, 1.0);
-    let evaluation = evaluator.evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {}).unwrap();
+    let evaluation = evaluator
+        .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {})
+        .unwrap();
     assert_eq!(evaluation.report.n_scored, 5);
     for r in &evaluation.report.examples {
         let text = r.prediction.as_deref().unwrap();
-        assert!(!text.is_empty() && !text.contains("<|im_end|>"), "prediction {text:?}");
+        assert!(
+            !text.is_empty() && !text.contains("<|im_end|>"),
+            "prediction {text:?}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let summary = EvalSummary::of_report(&evaluation.report, evaluation.wall_seconds);
@@ -324,7 +397,14 @@ fn real_smollm2_greedy_on_five_nq_questions() {
         git_revision: "test".into(),
         description: "smollm2 nq".into(),
     };
-    let paths = write_outputs(dir.path(), &metadata, &summary, &evaluation.report, &evaluation.generations).unwrap();
+    let paths = write_outputs(
+        dir.path(),
+        &metadata,
+        &summary,
+        &evaluation.report,
+        &evaluation.generations,
+    )
+    .unwrap();
     assert!(paths.json.is_file() && paths.hdf5.is_file());
     eprintln!(
         "SmolLM2 greedy on 5 NQ-open: EM {:.2}, {:.1} s, {} new tokens",

@@ -75,9 +75,15 @@ impl RepetitionPenalty {
         };
         let mut done = vec![false; logits.len()];
         for &t in seen {
-            let Some(z) = logits.get_mut(t as usize) else { continue };
+            let Some(z) = logits.get_mut(t as usize) else {
+                continue;
+            };
             if !std::mem::replace(&mut done[t as usize], true) {
-                *z = if *z > 0.0 { *z / self.penalty } else { *z * self.penalty };
+                *z = if *z > 0.0 {
+                    *z / self.penalty
+                } else {
+                    *z * self.penalty
+                };
             }
         }
     }
@@ -116,16 +122,18 @@ impl DecodeConfig {
         let bad = |problem: String| Err(EvalError::Decode { problem });
         let p = self.repetition_penalty.penalty;
         if !(p.is_finite() && p > 0.0) {
-            return bad(format!("repetition penalty must be a finite number > 0, got {p}"));
+            return bad(format!(
+                "repetition penalty must be a finite number > 0, got {p}"
+            ));
         }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens must be at least 1".into());
         }
         match self.decoding {
             Decoding::Beam { width: 0, .. } => bad("beam width must be at least 1".into()),
-            Decoding::Beam { length_penalty, .. } if !length_penalty.is_finite() => {
-                bad(format!("length_penalty must be finite, got {length_penalty}"))
-            }
+            Decoding::Beam { length_penalty, .. } if !length_penalty.is_finite() => bad(format!(
+                "length_penalty must be finite, got {length_penalty}"
+            )),
             _ => Ok(()),
         }
     }
@@ -257,10 +265,20 @@ fn ranked<T>(
 ) -> Result<Vec<Candidate>> {
     let mut all = Vec::new();
     for (b, beam) in beams.iter().enumerate() {
-        let lp = log_probs(&beam.logits, &config.repetition_penalty, prompt, &beam.tokens)?;
-        all.extend(lp.iter().enumerate().map(|(t, v)| (beam.sum + v, b, t as u32)));
+        let lp = log_probs(
+            &beam.logits,
+            &config.repetition_penalty,
+            prompt,
+            &beam.tokens,
+        )?;
+        all.extend(
+            lp.iter()
+                .enumerate()
+                .map(|(t, v)| (beam.sum + v, b, t as u32)),
+        );
     }
-    let order = |a: &Candidate, b: &Candidate| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)));
+    let order =
+        |a: &Candidate, b: &Candidate| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)));
     if all.len() > keep {
         all.select_nth_unstable_by(keep - 1, order);
         all.truncate(keep);
@@ -279,7 +297,12 @@ pub fn beam_search<S: Stepper>(
     length_penalty: f64,
 ) -> Result<Decoded> {
     let (state, logits) = stepper.start(prompt)?;
-    let mut live = vec![Beam { tokens: Vec::new(), sum: 0.0, state, logits }];
+    let mut live = vec![Beam {
+        tokens: Vec::new(),
+        sum: 0.0,
+        state,
+        logits,
+    }];
     let mut finished: Vec<Decoded> = Vec::new();
     for step in 0..config.max_new_tokens {
         // A rank-`width` window holds `width` live beams plus every stop candidate before them.
@@ -291,7 +314,11 @@ pub fn beam_search<S: Stepper>(
                 if rank < width {
                     let mut tokens = live[b].tokens.clone();
                     tokens.push(token);
-                    finished.push(Decoded { tokens, stop: StopReason::StopToken, log_prob: sum });
+                    finished.push(Decoded {
+                        tokens,
+                        stop: StopReason::StopToken,
+                        log_prob: sum,
+                    });
                 }
             } else if chosen.len() < width {
                 chosen.push(cand);
@@ -306,12 +333,21 @@ pub fn beam_search<S: Stepper>(
             let mut tokens = live[b].tokens.clone();
             tokens.push(token);
             if last {
-                finished.push(Decoded { tokens, stop: StopReason::MaxNewTokens, log_prob: sum });
+                finished.push(Decoded {
+                    tokens,
+                    stop: StopReason::MaxNewTokens,
+                    log_prob: sum,
+                });
                 continue;
             }
             let mut state = live[b].state.clone();
             let logits = stepper.step(&mut state, token)?;
-            next.push(Beam { tokens, sum, state, logits });
+            next.push(Beam {
+                tokens,
+                sum,
+                state,
+                logits,
+            });
         }
         live = next;
         if live.is_empty() {
@@ -346,10 +382,20 @@ pub fn exhaustive_search<S: Stepper>(
     length_penalty: f64,
 ) -> Result<Decoded> {
     let (state, logits) = stepper.start(prompt)?;
-    let mut frontier = vec![Beam { tokens: Vec::new(), sum: 0.0, state, logits }];
+    let mut frontier = vec![Beam {
+        tokens: Vec::new(),
+        sum: 0.0,
+        state,
+        logits,
+    }];
     let mut finished = Vec::new();
     while let Some(beam) = frontier.pop() {
-        let lp = log_probs(&beam.logits, &config.repetition_penalty, prompt, &beam.tokens)?;
+        let lp = log_probs(
+            &beam.logits,
+            &config.repetition_penalty,
+            prompt,
+            &beam.tokens,
+        )?;
         for (t, v) in lp.iter().enumerate() {
             let mut tokens = beam.tokens.clone();
             tokens.push(t as u32);
@@ -361,10 +407,19 @@ pub fn exhaustive_search<S: Stepper>(
             } else {
                 let mut state = beam.state.clone();
                 let logits = stepper.step(&mut state, t as u32)?;
-                frontier.push(Beam { tokens, sum, state, logits });
+                frontier.push(Beam {
+                    tokens,
+                    sum,
+                    state,
+                    logits,
+                });
                 continue;
             };
-            finished.push(Decoded { tokens, stop, log_prob: sum });
+            finished.push(Decoded {
+                tokens,
+                stop,
+                log_prob: sum,
+            });
         }
     }
     best_of(finished, length_penalty)

@@ -22,7 +22,7 @@ use meft_models::{Llama, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 pub use decode::{
-    DecodeConfig, Decoded, Decoding, PenaltyScope, RepetitionPenalty, StopReason, Stepper,
+    DecodeConfig, Decoded, Decoding, PenaltyScope, RepetitionPenalty, Stepper, StopReason,
 };
 pub use model::{LlamaStepper, stop_tokens};
 
@@ -107,7 +107,9 @@ impl Evaluator<'_> {
     pub fn answer(&self, example: &Example, config: &EvalConfig) -> Result<(String, Generation)> {
         let start = Instant::now();
         let stops = stop_tokens(self.tokenizer, self.template)?;
-        let prompt = self.tokenizer.encode(&render(example, self.template).prompt)?;
+        let prompt = self
+            .tokenizer
+            .encode(&render(example, self.template).prompt)?;
         let stepper = LlamaStepper {
             model: self.model,
             hook: self.hook,

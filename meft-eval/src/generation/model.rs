@@ -91,7 +91,11 @@ pub fn stop_tokens(tokenizer: &Tokenizer, template: &dyn ChatTemplate) -> Result
     let special = tokenizer.special_ids();
     let end_of_turn = tokenizer.encode(&template.completion(""))?;
     let mut stops: Vec<u32> = tokenizer.eos().into_iter().collect();
-    stops.extend(end_of_turn.into_iter().filter(|t| special.contains(t) && Some(*t) != tokenizer.bos()));
+    stops.extend(
+        end_of_turn
+            .into_iter()
+            .filter(|t| special.contains(t) && Some(*t) != tokenizer.bos()),
+    );
     stops.sort_unstable();
     stops.dedup();
     Ok(stops)

@@ -94,19 +94,53 @@ pub fn generation_table(generations: &[Generation]) -> Table {
     };
     let stop = generations
         .iter()
-        .map(|g| serde_json::to_value(g.stop).ok().and_then(|v| v.as_str().map(str::to_owned)))
+        .map(|g| {
+            serde_json::to_value(g.stop)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+        })
         .map(Option::unwrap_or_default)
         .collect();
     Table {
         name: "generation".into(),
         description: "one row per generated example, in the order of the predictions table".into(),
         columns: vec![
-            Column::new("id", "text", "example id", ColumnValues::Text(generations.iter().map(|g| g.id.clone()).collect())),
-            Column::new("prompt_tokens", "tokens", "tokens in the rendered prompt", u64s(|g| g.prompt_tokens)),
-            Column::new("new_tokens", "tokens", "generated tokens, stop token included", u64s(|g| g.new_tokens)),
-            Column::new("stop", "text", "stop_token or max_new_tokens", ColumnValues::Text(stop)),
-            Column::new("log_prob", "nats", "sum of penalised log-probabilities of the new tokens", ColumnValues::F64(generations.iter().map(|g| g.log_prob).collect())),
-            Column::new("seconds", "s", "wall time of the example", ColumnValues::F64(generations.iter().map(|g| g.seconds).collect())),
+            Column::new(
+                "id",
+                "text",
+                "example id",
+                ColumnValues::Text(generations.iter().map(|g| g.id.clone()).collect()),
+            ),
+            Column::new(
+                "prompt_tokens",
+                "tokens",
+                "tokens in the rendered prompt",
+                u64s(|g| g.prompt_tokens),
+            ),
+            Column::new(
+                "new_tokens",
+                "tokens",
+                "generated tokens, stop token included",
+                u64s(|g| g.new_tokens),
+            ),
+            Column::new(
+                "stop",
+                "text",
+                "stop_token or max_new_tokens",
+                ColumnValues::Text(stop),
+            ),
+            Column::new(
+                "log_prob",
+                "nats",
+                "sum of penalised log-probabilities of the new tokens",
+                ColumnValues::F64(generations.iter().map(|g| g.log_prob).collect()),
+            ),
+            Column::new(
+                "seconds",
+                "s",
+                "wall time of the example",
+                ColumnValues::F64(generations.iter().map(|g| g.seconds).collect()),
+            ),
         ],
     }
 }

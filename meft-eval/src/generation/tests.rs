@@ -17,7 +17,9 @@ impl Toy {
     fn logits(&self, tokens: &[u32]) -> Vec<f32> {
         let mut h = self.seed ^ 0x9E37_79B9_7F4A_7C15;
         for &t in tokens {
-            h = (h ^ u64::from(t)).wrapping_mul(0x100_0000_01B3).rotate_left(17);
+            h = (h ^ u64::from(t))
+                .wrapping_mul(0x100_0000_01B3)
+                .rotate_left(17);
         }
         (0..self.vocab)
             .map(|i| {
@@ -131,7 +133,10 @@ fn greedy_stops_at_a_stop_token_and_content_drops_it() {
     }
     let cfg = config(10, 1.0, PenaltyScope::Sequence);
     let d = decode::decode(&Fixed, &[0], &cfg, &[2]).unwrap();
-    assert_eq!((d.tokens.as_slice(), d.stop), (&[2][..], StopReason::StopToken));
+    assert_eq!(
+        (d.tokens.as_slice(), d.stop),
+        (&[2][..], StopReason::StopToken)
+    );
     assert!(d.content().is_empty());
     let d = decode::decode(&Fixed, &[0], &cfg, &[]).unwrap();
     assert_eq!((d.tokens.len(), d.stop), (10, StopReason::MaxNewTokens));
