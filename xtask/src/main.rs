@@ -3,6 +3,7 @@
 //! before anything heavy is compiled.
 
 mod assets;
+mod gpu_bundle;
 mod prereq;
 mod run;
 mod tasks;
@@ -30,6 +31,8 @@ enum Command {
     Reproduce,
     /// Run the criterion benches of every crate (`cargo bench --workspace`).
     Bench,
+    /// Build the cuda-featured binaries with the pinned CUDA 13.0 pieces and pack them for the GPU machine.
+    GpuBundle,
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Test => tasks::test(),
         Command::Reproduce => tasks::reproduce(),
         Command::Bench => tasks::bench(),
+        Command::GpuBundle => gpu_bundle::gpu_bundle(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
