@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod adapters;
 pub mod error;
+pub mod kernels_ref;
 pub mod optim;
 pub mod rows;
 pub mod sparse;
