@@ -12,33 +12,12 @@ use candle_core::{DType, Device, Tensor};
 use meft_core::optim::AdamWConfig;
 use meft_core::sparse::Evaluation;
 use meft_models::gguf::GgufFile;
-use meft_models::{Architecture, Llama, ModelConfig, RopeLayout, WeightMap};
+use meft_models::{Llama, ModelConfig, WeightMap};
 use meft_offload::{
     Category, DeviceKind, HostOptimizer, MeftAdapter, MeftConfig, OffloadDevice, OffloadPlan, StepStatus,
 };
 use meft_router::Scoring;
 
-fn smollm2_shapes() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: 49_152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100_000.0,
-        rope_layout: RopeLayout::RotateHalf,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        sliding_window: None,
-        bos_token_id: Some(1),
-        eos_token_id: Some(2),
-        add_bos_token: false,
-    }
-}
 
 /// Random weights with SmolLM2's names and shapes.
 fn random_weights(c: &ModelConfig) -> WeightMap {
@@ -83,7 +62,7 @@ fn load() -> (Llama, &'static str) {
             (Llama::load(&cfg, weights, DType::F32, &Device::Cpu).expect("model"), "real SmolLM2-135M-Instruct GGUF")
         }
         None => {
-            let cfg = smollm2_shapes();
+            let cfg = ModelConfig::smollm2_135m_shapes();
             let w = random_weights(&cfg);
             (Llama::load(&cfg, w, DType::F32, &Device::Cpu).expect("model"), "random weights, SmolLM2 shapes (asset offline)")
         }

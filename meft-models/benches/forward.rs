@@ -12,31 +12,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meft_core::NoAdapters;
-use meft_models::{Architecture, KvCache, Llama, ModelConfig, RopeLayout, WeightMap};
+use meft_models::{KvCache, Llama, ModelConfig, WeightMap};
 
 const SEQ: usize = 256;
 
-fn smollm2_config() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100_000.0,
-        rope_layout: RopeLayout::RotateHalf,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        sliding_window: None,
-        bos_token_id: Some(1),
-        eos_token_id: Some(2),
-        add_bos_token: false,
-    }
-}
 
 fn random_model(cfg: &ModelConfig) -> Llama {
     let dev = Device::Cpu;
@@ -125,7 +104,7 @@ fn compare_with_torch(model: &Llama, toks: &Tensor) {
 }
 
 fn bench(c: &mut Criterion) {
-    let cfg = smollm2_config();
+    let cfg = ModelConfig::smollm2_135m_shapes();
     let model = random_model(&cfg);
     let toks = tokens(&cfg);
     let mut group = c.benchmark_group("smollm2_135m_seq256");

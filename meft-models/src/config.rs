@@ -60,3 +60,32 @@ pub struct ModelConfig {
     /// Whether a BOS token is prepended when encoding text (GGUF `tokenizer.ggml.add_bos_token`).
     pub add_bos_token: bool,
 }
+
+impl ModelConfig {
+    /// The shapes of SmolLM2-135M-Instruct (30 layers, d = 576, FFN 1536, 9/3 heads, vocab 49,152,
+    /// tied head, θ = 100000) in the HF rotate-half layout.
+    ///
+    /// For benches and tests that need the real model's sizes without its weights (timing and memory
+    /// do not depend on weight values). Loading the GGUF gives the same numbers from its metadata.
+    pub fn smollm2_135m_shapes() -> Self {
+        Self {
+            architecture: Architecture::Llama,
+            vocab_size: 49_152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100_000.0,
+            rope_layout: RopeLayout::RotateHalf,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            sliding_window: None,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            add_bos_token: false,
+        }
+    }
+}
