@@ -82,6 +82,8 @@ pub struct RawConfig {
     pub epochs: u64,
     /// Evaluate held-out loss every N optimizer steps (0: only at the end).
     pub eval_every: u64,
+    /// Examples of each split that an evaluation scores (0: all of them).
+    pub eval_examples: usize,
     /// Where metrics, checkpoints and the adapter go.
     pub output_dir: PathBuf,
     /// The fine-tuning method.
@@ -284,11 +286,14 @@ pub struct RawBatch {
     pub accumulation: usize,
     /// Truncate sequences to this many tokens.
     pub max_length: usize,
+    /// `auto`: run the frozen layers below the lowest adapted one once per sequence and reuse
+    /// their output every epoch (exact; spec §13); `off`: recompute them every step.
+    pub prefix_cache: String,
 }
 
 impl Default for RawBatch {
     fn default() -> Self {
-        Self { micro: 8, accumulation: 1, max_length: 256 }
+        Self { micro: 8, accumulation: 1, max_length: 256, prefix_cache: "auto".into() }
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`plan`]: the validated [`TrainPlan`]; [`memory`]: device bytes by category, largest fit.
 //! - [`adapter`]: [`TrainableAdapter`] over device adapters (PA, LoRA) and MEFT; [`build`]
 //!   constructs model, device and adapter.
+//! - [`forward`]: the frozen-prefix cache and the head on selected rows only.
 //! - [`data`], [`schedule`], [`state`] (safetensors, atomic writes), [`checkpoint`], [`trainer`].
 
 pub mod adapter;
@@ -12,6 +13,7 @@ pub mod build;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod forward;
 pub mod memory;
 pub mod plan;
 pub mod schedule;
@@ -21,4 +23,4 @@ pub mod trainer;
 pub use adapter::TrainableAdapter;
 pub use config::{ConfigError, RawConfig};
 pub use plan::TrainPlan;
-pub use trainer::{Metrics, Summary, Trainer};
+pub use trainer::{Evaluation, Metrics, Summary, Trainer};

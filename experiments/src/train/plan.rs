@@ -87,6 +87,8 @@ pub struct TrainPlan {
     pub budget: Option<u64>,
     /// The memory plan.
     pub memory: MemoryPlan,
+    /// Layers `0..prefix_start` are frozen and run once per sequence (0: no prefix cache).
+    pub prefix_start: usize,
 }
 
 fn invalid(field: &str, reason: impl Into<String>, fix: impl Into<String>) -> ConfigError {
@@ -129,7 +131,20 @@ impl TrainPlan {
             o => return Err(invalid("optim.decay", format!("`{o}` is unknown"), "use linear or constant")),
         };
         let clip = (raw.optim.clip > 0.0).then_some(raw.optim.clip);
-        Ok(Self { warmup: raw.optim.warmup, output_dir: raw.output_dir.clone(), raw, layers, method, adamw, decay, clip, length, loss_mask, budget, memory })
+        let prefix_start = prefix_start(&raw, &layers)?;
+        Ok(Self { warmup: raw.optim.warmup, output_dir: raw.output_dir.clone(), raw, layers, method, adamw, decay, clip, length, loss_mask, budget, memory, prefix_start })
+    }
+}
+
+/// The first layer that must run every step: the lowest adapted layer, less MEFT's pre-look
+/// (layer ℓ − p dispatches ℓ's routing).
+fn prefix_start(raw: &RawConfig, layers: &[usize]) -> Result<usize, ConfigError> {
+    let lowest = layers.first().copied().unwrap_or(0);
+    let look = if raw.method == MethodKind::Meft { raw.meft.pre_look } else { 0 };
+    match raw.batch.prefix_cache.as_str() {
+        "auto" => Ok(lowest.saturating_sub(look)),
+        "off" => Ok(0),
+        o => Err(invalid("batch.prefix_cache", format!("`{o}` is unknown"), "use auto or off")),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{D, Device};
+use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use meft_core::adapters::Phase;
 use meft_models::Llama;
@@ -19,6 +19,7 @@ use super::adapter::TrainableAdapter;
 use super::build;
 use super::checkpoint::{self, AdapterManifest, TrainerState};
 use super::data::{self, Data, DataPosition, Sequence};
+use super::forward::{Completions, FrozenPrefix, Positions, head_outputs, run_layers};
 use super::plan::{Length, TrainPlan};
 use super::schedule::lr_at;
 
@@ -49,6 +50,21 @@ pub struct Metrics {
     pub held_out_em: Option<f64>,
 }
 
+/// Greedy exact match and loss of one evaluation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Mean loss over the held-out examples scored.
+    pub held_out_loss: Option<f64>,
+    /// Exact match (greedy, teacher-forced) on training examples.
+    pub train_em: Option<f64>,
+    /// The same on held-out examples.
+    pub held_out_em: Option<f64>,
+    /// Training examples scored.
+    pub train_examples: usize,
+    /// Held-out examples scored.
+    pub held_out_examples: usize,
+}
+
 /// A ready-to-run training job.
 pub struct Trainer {
     plan: TrainPlan,
@@ -56,6 +72,7 @@ pub struct Trainer {
     adapter: Box<dyn TrainableAdapter>,
     device: Arc<OffloadDevice>,
     data: Data,
+    prefix: [FrozenPrefix; 2],
     total_steps: u64,
     step: u64,
     pos: DataPosition,
@@ -78,9 +95,17 @@ impl Trainer {
     /// Builds model, data and adapter for `plan`, resuming from the latest checkpoint when
     /// `plan.output_dir` has one written with the same config.
     pub fn new(plan: TrainPlan) -> Result<Self> {
-        let frozen = build::model(&plan.raw.model.name, plan.raw.seed)?;
-        let data = load_data(&plan, &frozen)?;
-        let model = frozen.model;
+        let inputs = Inputs::load(&plan)?;
+        Self::from_inputs(plan, inputs)
+    }
+
+    /// [`Self::new`] with model, data and prefix cache already built (shared by runs that differ
+    /// only in the method or optimizer).
+    pub fn from_inputs(plan: TrainPlan, inputs: Inputs) -> Result<Self> {
+        if inputs.key != Inputs::key_of(&plan) {
+            bail!("trainer inputs were built for another model, dataset, batch or layer range: {} vs {}", inputs.key, Inputs::key_of(&plan));
+        }
+        let Inputs { model, data, prefix, .. } = inputs;
         let device = build::device(&plan, &model.config)?;
         let adapter = build::adapter(&plan, &model.config, &device)?;
         let per_epoch = (data.train.len() as u64).div_ceil((plan.raw.batch.micro * plan.raw.batch.accumulation) as u64);
@@ -88,9 +113,19 @@ impl Trainer {
             Length::Steps(s) => s,
             Length::Epochs(e) => e * per_epoch.max(1),
         };
-        let mut t = Self { plan, model, adapter, device, data, total_steps, step: 0, pos: DataPosition::default() };
+        let mut t = Self { plan, model, adapter, device, data, prefix, total_steps, step: 0, pos: DataPosition::default() };
         t.resume()?;
         Ok(t)
+    }
+
+    /// The model (frozen).
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The (simulated) device the run accounts its bytes on.
+    pub fn device(&self) -> &OffloadDevice {
+        &self.device
     }
 
     fn config_json(&self) -> Result<String> {
@@ -160,10 +195,11 @@ impl Trainer {
         for _ in 0..accum {
             let idx = data::next_batch(&mut self.pos, self.data.train.len(), micro, self.plan.raw.seed);
             let seqs: Vec<&Sequence> = idx.iter().map(|&i| &self.data.train[i]).collect();
-            let (x, mask) = data::collate(&seqs, &Device::Cpu)?;
+            let (x, _) = data::collate(&seqs, &Device::Cpu)?;
             tokens += x.elem_count();
-            let logits = self.model.forward(&x, self.adapter.hook())?;
-            let loss = self.model.next_token_loss(&logits, &x, Some(&mask))?;
+            let h = self.top_layers(SplitIndex::Train, &idx, &x)?;
+            let pos = Positions::of(&seqs, x.dim(1)?, Completions::Skip);
+            let loss = head_outputs(&self.model, &h, &pos)?.loss;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let grads = (loss / accum as f64)?.backward()?;
             self.adapter.after_backward(&grads)?;
@@ -190,38 +226,58 @@ impl Trainer {
         })
     }
 
-    /// Held-out loss and teacher-forced greedy exact match (equal to greedy decoding's exact
-    /// match of the completion: greedy reproduces the target iff every argmax is the target).
+    /// Layers `prefix_start..` over sequences `idx` of `split` (collated tokens `x`).
+    fn top_layers(&self, split: SplitIndex, idx: &[usize], x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        let prefix = &self.prefix[split as usize];
+        let h0 = prefix.input(&self.model, idx, x)?;
+        run_layers(&self.model, &h0, prefix.start()..self.model.layers.len(), self.adapter.hook())
+    }
+
     fn evaluate(&self, m: &mut Metrics) -> Result<()> {
-        self.adapter.set_phase(Phase::Eval);
-        let cap = 64;
-        let held: Vec<&Sequence> = self.data.held_out.iter().take(cap).collect();
-        let train: Vec<&Sequence> = self.data.train.iter().take(cap).collect();
-        let (loss, held_em) = self.eval_set(&held)?;
-        let (_, train_em) = self.eval_set(&train)?;
-        (m.eval_loss, m.held_out_em, m.train_em) = (loss, held_em, train_em);
-        self.adapter.set_phase(Phase::Train);
+        let e = self.evaluate_now(self.plan.raw.eval_examples)?;
+        (m.eval_loss, m.held_out_em, m.train_em) = (e.held_out_loss, e.held_out_em, e.train_em);
         Ok(())
     }
 
-    fn eval_set(&self, seqs: &[&Sequence]) -> Result<(Option<f64>, Option<f64>)> {
-        if seqs.is_empty() {
+    /// Held-out loss and teacher-forced greedy exact match (equal to greedy decoding's exact
+    /// match of the completion: greedy reproduces the target iff every argmax is the target) on
+    /// the first `limit` examples of each split (0: all).
+    pub fn evaluate_now(&self, limit: usize) -> Result<Evaluation> {
+        self.adapter.set_phase(Phase::Eval);
+        let cap = |n: usize| if limit == 0 { n } else { n.min(limit) };
+        let (held_out_loss, held_out_em) = self.eval_set(SplitIndex::HeldOut, cap(self.data.held_out.len()))?;
+        let (_, train_em) = self.eval_set(SplitIndex::Train, cap(self.data.train.len()))?;
+        self.adapter.set_phase(Phase::Train);
+        Ok(Evaluation {
+            held_out_loss,
+            train_em,
+            held_out_em,
+            train_examples: cap(self.data.train.len()),
+            held_out_examples: cap(self.data.held_out.len()),
+        })
+    }
+
+    fn eval_set(&self, split: SplitIndex, count: usize) -> Result<(Option<f64>, Option<f64>)> {
+        if count == 0 {
             return Ok((None, None));
         }
+        let all = match split {
+            SplitIndex::Train => &self.data.train,
+            SplitIndex::HeldOut => &self.data.held_out,
+        };
         let (mut loss, mut hits, mut batches) = (0.0, 0usize, 0usize);
-        for chunk in seqs.chunks(self.plan.raw.batch.micro) {
-            let (x, mask) = data::collate(chunk, &Device::Cpu)?;
-            let logits = self.model.forward(&x, self.adapter.hook())?;
+        let idx: Vec<usize> = (0..count).collect();
+        for chunk in idx.chunks(self.plan.raw.batch.micro) {
+            let seqs: Vec<&Sequence> = chunk.iter().map(|&i| &all[i]).collect();
+            let (x, _) = data::collate(&seqs, &Device::Cpu)?;
+            let h = self.top_layers(split, chunk, &x)?;
             self.adapter.discard_forward();
-            loss += self.model.next_token_loss(&logits, &x, Some(&mask))?.to_scalar::<f32>()? as f64;
+            let out = head_outputs(&self.model, &h, &Positions::of(&seqs, x.dim(1)?, Completions::Include))?;
+            loss += out.loss.to_scalar::<f32>()? as f64;
             batches += 1;
-            let pred = logits.argmax(D::Minus1)?.to_vec2::<u32>()?;
-            for (s, p) in chunk.iter().zip(pred) {
-                let hit = (s.prompt_len.max(1)..s.tokens.len()).all(|t| p[t - 1] == s.tokens[t]);
-                hits += usize::from(hit);
-            }
+            hits += out.exact.iter().filter(|&&e| e).count();
         }
-        Ok((Some(loss / batches as f64), Some(hits as f64 / seqs.len() as f64)))
+        Ok((Some(loss / batches as f64), Some(hits as f64 / count as f64)))
     }
 
     fn save_checkpoint(&self) -> Result<()> {
@@ -238,6 +294,43 @@ impl Trainer {
             params: self.adapter.param_count(),
         };
         checkpoint::export(out, &self.adapter.export()?, &manifest)
+    }
+}
+
+/// What a run needs besides its adapter: the frozen model, the tokenised splits and their
+/// frozen-prefix caches. Cheap to clone (tensors share storage).
+#[derive(Clone)]
+pub struct Inputs {
+    model: Llama,
+    data: Data,
+    prefix: [FrozenPrefix; 2],
+    key: String,
+}
+
+impl Inputs {
+    /// Loads the model and data of `plan` and runs its frozen prefix once.
+    pub fn load(plan: &TrainPlan) -> Result<Self> {
+        let frozen = build::model(&plan.raw.model.name, plan.raw.seed)?;
+        let data = load_data(plan, &frozen)?;
+        let model = frozen.model;
+        let micro = plan.raw.batch.micro;
+        let prefix = [
+            FrozenPrefix::build(&model, &data.train, plan.prefix_start, micro)?,
+            FrozenPrefix::build(&model, &data.held_out, plan.prefix_start, micro)?,
+        ];
+        Ok(Self { model, data, prefix, key: Self::key_of(plan) })
+    }
+
+    /// Everything [`Self::load`] depends on.
+    fn key_of(plan: &TrainPlan) -> String {
+        let r = &plan.raw;
+        let data = serde_json::to_string(&r.dataset).unwrap_or_default();
+        format!("{}|{}|{data}|{}|{}|{}|{:?}", r.model.name, r.seed, r.batch.max_length, r.batch.micro, plan.prefix_start, plan.loss_mask)
+    }
+
+    /// Training and held-out sequences.
+    pub fn data(&self) -> &Data {
+        &self.data
     }
 }
 
@@ -258,6 +351,13 @@ fn load_data(plan: &TrainPlan, frozen: &build::Frozen) -> Result<Data> {
         bail!("dataset `{}` has no training example after the split (held_out = {})", cfg.name, cfg.held_out);
     }
     Ok(Data { train, held_out })
+}
+
+/// Which split a prefix cache or an evaluation refers to (indexes `Trainer::prefix`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SplitIndex {
+    Train = 0,
+    HeldOut = 1,
 }
 
 fn progress(total: u64, done: u64) -> ProgressBar {
