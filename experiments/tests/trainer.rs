@@ -99,6 +99,7 @@ fn every_method_lowers_the_loss_and_exports_a_loadable_adapter() {
         let mut adapter = experiments::train::build::adapter(&p, &tiny_config(), &experiments::train::build::device(&p, &tiny_config()).expect("device")).expect("adapter");
         adapter.load_params(&params).expect("load exported adapter");
         assert_eq!(adapter.export().expect("export"), params, "{method}: exported adapter round trip");
+        assert_eq!(dir.path().join("ledger.h5").is_file(), method == "meft", "{method}: the ledger goes with MEFT runs only");
     }
 }
 

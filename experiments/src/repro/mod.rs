@@ -6,7 +6,15 @@
 //! paper's), the figures it drew and its machine-readable results. The report writer
 //! ([`report`]) puts the sections together with the machine facts and wall times.
 
+pub mod ablate;
+pub mod capacity;
+pub mod capture;
+pub mod experts;
+pub mod output;
 pub mod plot;
+pub mod traffic;
+pub mod union;
+pub mod report;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -55,6 +55,11 @@ pub trait TrainableAdapter {
     /// Only the adapter parameters (for export).
     fn export(&self) -> Result<StateMap>;
 
+    /// The transfer ledger of an offloaded adapter (MEFT); `None` for device adapters.
+    fn ledger(&self) -> Option<&meft_offload::Ledger> {
+        None
+    }
+
     /// Loads exported parameters (optimizer state reset): every exported name must exist.
     fn load_params(&mut self, params: &StateMap) -> Result<()> {
         let mut full = self.state()?;
@@ -200,6 +205,10 @@ impl TrainableAdapter for MeftTrainable {
 
     fn discard_forward(&self) {
         self.adapter.discard_forward();
+    }
+
+    fn ledger(&self) -> Option<&meft_offload::Ledger> {
+        Some(self.adapter.ledger())
     }
 
     fn grad_sq_norm(&self) -> Result<f64> {

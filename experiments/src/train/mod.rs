@@ -5,6 +5,7 @@
 //! - [`plan`]: the validated [`TrainPlan`]; [`memory`]: device bytes by category, largest fit.
 //! - [`adapter`]: [`TrainableAdapter`] over device adapters (PA, LoRA) and MEFT; [`build`]
 //!   constructs model, device and adapter.
+//! - [`ledger_table`]: the MEFT ledger as an HDF5 table (`ledger.h5` of every MEFT run).
 //! - [`forward`]: the frozen-prefix cache and the head on selected rows only.
 //! - [`data`], [`schedule`], [`state`] (safetensors, atomic writes), [`checkpoint`], [`trainer`].
 
@@ -14,6 +15,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod forward;
+pub mod ledger_table;
 pub mod memory;
 pub mod plan;
 pub mod schedule;

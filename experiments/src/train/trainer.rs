@@ -293,7 +293,18 @@ impl Trainer {
             config_toml: toml::to_string(&self.plan.raw)?,
             params: self.adapter.param_count(),
         };
-        checkpoint::export(out, &self.adapter.export()?, &manifest)
+        checkpoint::export(out, &self.adapter.export()?, &manifest)?;
+        if let Some(ledger) = self.adapter.ledger().filter(|l| !l.steps.is_empty()) {
+            let meta = meft_eval::results::RunMetadata {
+                config_json: self.config_json()?,
+                git_revision: crate::repro::output::git_revision(),
+                description: "per-step MEFT transfer ledger of a `meft train` run".into(),
+            };
+            let path = out.join("ledger.h5");
+            meft_eval::h5::write_tables(&path, &meta, &[super::ledger_table::ledger_table(ledger)])
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
