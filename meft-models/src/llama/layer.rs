@@ -4,8 +4,9 @@
 use candle_core::{Result, Tensor};
 use meft_core::{AdapterHook, LinearSite};
 
-use crate::ops::{self, AttentionMask, OpPath, RopeTables};
+use super::packed::Packed;
 use crate::config::{ModelConfig, RopeLayout};
+use crate::ops::{self, AttentionMask, HeadDims, OpPath, RopeTables};
 
 /// Everything a layer needs besides its weights for one forward call.
 pub struct LayerContext<'a> {
@@ -30,10 +31,10 @@ pub struct SelfAttention {
     pub v_proj: Tensor,
     /// `(hidden, heads·head_dim)`.
     pub o_proj: Tensor,
-    pub(crate) heads: usize,
-    pub(crate) kv_heads: usize,
-    pub(crate) head_dim: usize,
+    pub(crate) dims: HeadDims,
     pub(crate) rope_layout: RopeLayout,
+    /// `[q_proj; k_proj; v_proj]`, of which the three fields are views.
+    qkv: Packed<3>,
 }
 
 /// SwiGLU FFN (`mlp.*` in HF names).
@@ -45,6 +46,8 @@ pub struct Mlp {
     pub up_proj: Tensor,
     /// `(hidden, intermediate)`.
     pub down_proj: Tensor,
+    /// `[gate_proj; up_proj]`, of which the two fields are views.
+    gate_up: Packed<2>,
 }
 
 /// One decoder layer (`model.layers.N.*`).
@@ -116,14 +119,20 @@ impl DecoderLayer {
 }
 
 impl Mlp {
-    /// `down(silu(gate(x)) ∘ up(x))`.
+    /// The FFN of frozen `(out, in)` weights.
+    pub fn new(gate_proj: Tensor, up_proj: Tensor, down_proj: Tensor) -> Result<Self> {
+        let (gate_up, [gate_proj, up_proj]) = Packed::new([gate_proj, up_proj])?;
+        Ok(Self { gate_proj, up_proj, down_proj, gate_up })
+    }
+
+    /// `down(silu(gate(x)) ∘ up(x))`; gate and up are one matmul of the packed weights.
     ///
     /// # Shapes
     /// `x`: `(batch, seq, hidden)`; result likewise.
     pub fn forward(&self, x: &Tensor, layer: usize, ctx: &LayerContext<'_>) -> Result<Tensor> {
-        let gate = project(x, &self.gate_proj, layer, LinearSite::Gate, ctx)?;
-        let up = project(x, &self.up_proj, layer, LinearSite::Up, ctx)?;
-        let act = ops::silu_mul(&gate, &up, ctx.path)?;
+        let sites = [(&self.gate_proj, LinearSite::Gate), (&self.up_proj, LinearSite::Up)];
+        let gate_up = self.gate_up.project(x, sites, layer, ctx)?;
+        let act = ops::swiglu(&gate_up, ctx.path)?;
         project(&act, &self.down_proj, layer, LinearSite::Down, ctx)
     }
 }
@@ -131,8 +140,8 @@ impl Mlp {
 impl SelfAttention {
     /// Grouped-query causal self-attention with RoPE.
     ///
-    /// Query heads of one KV group are stacked along the row dimension, so each KV head is used by
-    /// one batched matmul without materialising repeated keys/values.
+    /// Q, K and V are one matmul of the packed weights; keys/values are shared by the query heads
+    /// of their group without being repeated.
     ///
     /// # Shapes
     /// `x`: `(batch, seq, hidden)`; result likewise.
@@ -143,32 +152,28 @@ impl SelfAttention {
         ctx: &LayerContext<'_>,
         cache: Option<&mut Option<KvPair>>,
     ) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let q = project(x, &self.q_proj, layer, LinearSite::Query, ctx)?.reshape((b, s, h, hd))?;
-        let k = project(x, &self.k_proj, layer, LinearSite::Key, ctx)?.reshape((b, s, kvh, hd))?;
-        let v = project(x, &self.v_proj, layer, LinearSite::Value, ctx)?.reshape((b, s, kvh, hd))?;
-        let q = ops::rope(&q, &ctx.rope, self.rope_layout, ctx.path)?;
-        let k = ops::rope(&k, &ctx.rope, self.rope_layout, ctx.path)?;
-        // (b, kvh, group·s, hd): heads h = kv·group + g are adjacent, so this is a plain reshape.
-        let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / (hd as f64).sqrt()))?.reshape((b, kvh, (h / kvh) * s, hd))?;
-        let mut k = k.transpose(1, 2)?.contiguous()?;
-        let mut v = v.transpose(1, 2)?.contiguous()?;
+        let sites = [(&self.q_proj, LinearSite::Query), (&self.k_proj, LinearSite::Key), (&self.v_proj, LinearSite::Value)];
+        let qkv = self.qkv.project(x, sites, layer, ctx)?;
+        let mut kv = ops::kv_heads(&qkv, &ctx.rope, self.rope_layout, self.dims, ctx.path)?;
         if let Some(entry) = cache {
             if let Some((k_old, v_old)) = entry.as_ref() {
-                k = Tensor::cat(&[k_old, &k], 2)?;
-                v = Tensor::cat(&[v_old, &v], 2)?;
+                kv = Tensor::cat(&[&Tensor::stack(&[k_old, v_old], 0)?, &kv], 3)?;
             }
-            *entry = Some((k.clone(), v.clone()));
+            *entry = Some((kv.get(0)?, kv.get(1)?));
         }
-        let scores = q.matmul(&k.t()?)?;
-        let probs = ops::masked_softmax(&scores, ctx.mask, ctx.path)?;
-        let out = probs.matmul(&v)?.reshape((b, h, s, hd))?.transpose(1, 2)?.reshape((b, s, h * hd))?;
+        let out = ops::attention(&qkv, &kv, &ctx.rope, self.rope_layout, self.dims, ctx.mask, ctx.path)?;
         project(&out, &self.o_proj, layer, LinearSite::Output, ctx)
     }
 }
 
 impl SelfAttention {
+    /// The attention block of frozen `(out, in)` weights with `cfg`'s head layout.
+    pub fn new(q_proj: Tensor, k_proj: Tensor, v_proj: Tensor, o_proj: Tensor, cfg: &ModelConfig) -> Result<Self> {
+        let dims = HeadDims { heads: cfg.num_attention_heads, kv_heads: cfg.num_key_value_heads, head_dim: cfg.head_dim };
+        let (qkv, [q_proj, k_proj, v_proj]) = Packed::new([q_proj, k_proj, v_proj])?;
+        Ok(Self { q_proj, k_proj, v_proj, o_proj, dims, rope_layout: cfg.rope_layout, qkv })
+    }
+
     pub(crate) fn shapes(cfg: &ModelConfig) -> [(&'static str, Vec<usize>); 4] {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         [

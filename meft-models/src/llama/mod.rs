@@ -11,6 +11,7 @@
 //! adapters), and an inference forward with a [`KvCache`] ([`Llama::forward_cached`]).
 
 mod layer;
+mod packed;
 
 use candle_core::{DType, Device, Result as CResult, Tensor};
 use meft_core::AdapterHook;
@@ -197,22 +198,15 @@ fn load_layer(cfg: &ModelConfig, w: &mut WeightMap, i: usize, dtype: DType, devi
     let d = cfg.hidden_size;
     let mut take = |name: &str, shape: &[usize]| w.take(&format!("{p}.{name}.weight"), shape, dtype, device);
     let [q, k, v, o] = SelfAttention::shapes(cfg);
-    let self_attn = SelfAttention {
-        q_proj: take(&format!("self_attn.{}", q.0), &q.1)?,
-        k_proj: take(&format!("self_attn.{}", k.0), &k.1)?,
-        v_proj: take(&format!("self_attn.{}", v.0), &v.1)?,
-        o_proj: take(&format!("self_attn.{}", o.0), &o.1)?,
-        heads: cfg.num_attention_heads,
-        kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim,
-        rope_layout: cfg.rope_layout,
-    };
+    let self_attn = SelfAttention::new(
+        take(&format!("self_attn.{}", q.0), &q.1)?,
+        take(&format!("self_attn.{}", k.0), &k.1)?,
+        take(&format!("self_attn.{}", v.0), &v.1)?,
+        take(&format!("self_attn.{}", o.0), &o.1)?,
+        cfg,
+    )?;
     let f = cfg.intermediate_size;
-    let mlp = Mlp {
-        gate_proj: take("mlp.gate_proj", &[f, d])?,
-        up_proj: take("mlp.up_proj", &[f, d])?,
-        down_proj: take("mlp.down_proj", &[d, f])?,
-    };
+    let mlp = Mlp::new(take("mlp.gate_proj", &[f, d])?, take("mlp.up_proj", &[f, d])?, take("mlp.down_proj", &[d, f])?)?;
     Ok(DecoderLayer {
         index: i,
         input_layernorm: take("input_layernorm", &[d])?,

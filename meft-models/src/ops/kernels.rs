@@ -18,7 +18,7 @@ use crate::config::RopeLayout;
 const PAR_MIN_ELEMS: usize = 1 << 14;
 
 /// The contiguous data of a CPU tensor as f32 (borrowed when it already is f32).
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Cow<'a, [f32]>> {
+pub(super) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Cow<'a, [f32]>> {
     let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: input must be contiguous") };
     Ok(match s {
         CpuStorage::F32(v) => Cow::Borrowed(&v[a..b]),
@@ -29,7 +29,7 @@ fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Cow<'a, [f32]
 }
 
 /// Wraps f32 results as storage of `dtype`.
-fn storage_of(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+pub(super) fn storage_of(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     Ok(match dtype {
         DType::F32 => CpuStorage::F32(v),
         DType::BF16 => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
@@ -39,7 +39,7 @@ fn storage_of(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
 }
 
 /// Runs `f(row_index, out_row)` over the rows of a fresh `rows × cols` buffer.
-fn map_rows(rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+pub(super) fn map_rows(rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; rows * cols];
     if cols == 0 {
         return out;
@@ -240,18 +240,24 @@ pub(super) struct Rope {
 
 impl Rope {
     fn rotate(&self, r: usize, x: &[f32], o: &mut [f32]) {
-        let (half, t) = (self.tables.half, &self.tables);
-        let pos = (r / self.heads) % t.seq;
-        let (cos, sin) = (&t.cos[pos * half..(pos + 1) * half], &t.sin[pos * half..(pos + 1) * half]);
-        for i in 0..half {
-            let (a, b) = match self.layout {
-                RopeLayout::RotateHalf => (i, i + half),
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            };
-            let (c, s) = (cos[i], self.sign * sin[i]);
-            o[a] = x[a] * c - x[b] * s;
-            o[b] = x[a] * s + x[b] * c;
-        }
+        let pos = (r / self.heads) % self.tables.seq;
+        rotate_head(&self.tables, self.layout, pos, self.sign, x, o);
+    }
+}
+
+/// Rotates one head vector `x` (length `head_dim`) at table position `pos` (an index into the
+/// tables, not the absolute position) into `o`; `sign = -1` is the inverse rotation.
+pub(super) fn rotate_head(t: &RopeTables, layout: RopeLayout, pos: usize, sign: f32, x: &[f32], o: &mut [f32]) {
+    let half = t.half;
+    let (cos, sin) = (&t.cos[pos * half..(pos + 1) * half], &t.sin[pos * half..(pos + 1) * half]);
+    for i in 0..half {
+        let (a, b) = match layout {
+            RopeLayout::RotateHalf => (i, i + half),
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+        };
+        let (c, s) = (cos[i], sign * sin[i]);
+        o[a] = x[a] * c - x[b] * s;
+        o[b] = x[a] * s + x[b] * c;
     }
 }
 
@@ -350,6 +356,69 @@ impl CustomOp3 for SiluMulBwd {
                     SiluMulArg::Gate => dy[k] * u[k] * sg * (1.0 + g[k] * (1.0 - sg)),
                     SiluMulArg::Up => dy[k] * g[k] * sg,
                 };
+            }
+        });
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+}
+
+/// `silu(gate) ∘ up` of a packed `(..., 2f)` input whose first `f` columns are the gate and the
+/// last `f` the up projection; output `(..., f)`.
+pub(super) struct SwiGlu;
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "meft-swiglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l, self.name())?;
+        let w = last_dim(l);
+        if w % 2 != 0 {
+            bail!("swiglu: packed width {w} is odd")
+        }
+        let f = w / 2;
+        let out = map_rows(x.len() / w.max(1), f, |r, o| {
+            let (g, u) = x[r * w..(r + 1) * w].split_at(f);
+            for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+                *o = gv * sigmoid(gv) * uv;
+            }
+        });
+        let mut dims = l.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = f;
+        }
+        Ok((storage_of(out, s.dtype())?, Shape::from(dims)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &SwiGluBwd)?))
+    }
+}
+
+/// Gradient of [`SwiGlu`]: gate and up columns packed like the input.
+struct SwiGluBwd;
+
+impl CustomOp2 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "meft-swiglu-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        let w = last_dim(l1);
+        let f = w / 2;
+        if dy.len() * 2 != x.len() {
+            bail!("swiglu-bwd: gradient has {} elements for an input of {}", dy.len(), x.len())
+        }
+        let out = map_rows(x.len() / w.max(1), w, |r, o| {
+            let (g, u) = x[r * w..(r + 1) * w].split_at(f);
+            let dy = &dy[r * f..(r + 1) * f];
+            let (og, ou) = o.split_at_mut(f);
+            for i in 0..f {
+                let sg = sigmoid(g[i]);
+                og[i] = dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
+                ou[i] = dy[i] * g[i] * sg;
             }
         });
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))

@@ -6,12 +6,18 @@
 //! candle-nn's fused softmax/rms_norm/rope are never used: they have no backward and would silently
 //! cut the gradient flowing from the loss to the adapters.
 
+mod attention;
+mod gemm;
 mod kernels;
+
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+pub use attention::HeadDims;
+use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
 pub use kernels::RopeTables;
-use kernels::{CausalMask, CrossEntropy, FrozenLinearGrad, MaskedSoftmax, RmsNorm, Rope, SiluMul};
+use kernels::{CausalMask, CrossEntropy, FrozenLinearGrad, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
 
 use crate::config::RopeLayout;
 
@@ -27,7 +33,7 @@ pub enum OpPath {
 
 impl OpPath {
     /// The path to take for tensors on `device`: fused kernels exist for the CPU only.
-    fn on(self, device: &Device) -> Self {
+    pub(crate) fn on(self, device: &Device) -> Self {
         if device.is_cpu() { self } else { OpPath::Reference }
     }
 }
@@ -165,6 +171,97 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor, path: OpPath) -> Result<Tensor> {
 /// Reference form of [`silu_mul`].
 pub fn silu_mul_slow(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
+}
+
+/// SwiGLU of a packed projection: `silu(x[..., :f]) ∘ x[..., f:]`.
+///
+/// # Shapes
+/// `x`: `(..., 2f)` (gate columns, then up columns); result `(..., f)`.
+pub fn swiglu(x: &Tensor, path: OpPath) -> Result<Tensor> {
+    match path.on(x.device()) {
+        OpPath::Fused => x.contiguous()?.apply_op1(SwiGlu),
+        OpPath::Reference => swiglu_slow(x),
+    }
+}
+
+/// Reference form of [`swiglu`].
+pub fn swiglu_slow(x: &Tensor) -> Result<Tensor> {
+    let f = x.dim(D::Minus1)? / 2;
+    silu_mul_slow(&x.narrow(D::Minus1, 0, f)?, &x.narrow(D::Minus1, f, f)?)
+}
+
+/// Rotated keys and the values of a packed `qkv` projection, ready for [`attention`] (and for
+/// the KV cache).
+///
+/// # Shapes
+/// `qkv`: `(batch, seq, (heads + 2·kv_heads)·head_dim)` (queries, keys, values), `seq` equal to
+/// the tables' length; result `(2, batch, kv_heads, seq, head_dim)`.
+pub fn kv_heads(qkv: &Tensor, tables: &RopeTables, layout: RopeLayout, dims: HeadDims, path: OpPath) -> Result<Tensor> {
+    match path.on(qkv.device()) {
+        OpPath::Fused => {
+            let rope = RopeSpec { tables: tables.clone(), layout };
+            qkv.contiguous()?.apply_op1(KvHeads { dims, rope })
+        }
+        OpPath::Reference => kv_heads_slow(qkv, tables, layout, dims),
+    }
+}
+
+/// Reference form of [`kv_heads`].
+pub fn kv_heads_slow(qkv: &Tensor, tables: &RopeTables, layout: RopeLayout, dims: HeadDims) -> Result<Tensor> {
+    let (b, s, _) = qkv.dims3()?;
+    let HeadDims { heads: h, kv_heads: kvh, head_dim: hd } = dims;
+    let k = qkv.narrow(2, h * hd, kvh * hd)?.reshape((b, s, kvh, hd))?;
+    let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd)?.reshape((b, s, kvh, hd))?;
+    let k = rope_slow(&k, tables, layout)?.transpose(1, 2)?;
+    Tensor::stack(&[k, v.transpose(1, 2)?], 0)?.contiguous()
+}
+
+/// Causal grouped-query attention of the queries in `qkv` over the keys/values `kv`.
+///
+/// Queries are rotated with `tables` (positions `mask.offset..`) and scaled by `1/√head_dim`;
+/// query head `i` reads KV head `i / (heads / kv_heads)`.
+///
+/// # Shapes
+/// `qkv`: `(batch, seq, (heads + 2·kv_heads)·head_dim)`; `kv`: `(2, batch, kv_heads,
+/// mask.offset + seq, head_dim)` (see [`kv_heads`]); result `(batch, seq, heads·head_dim)`.
+pub fn attention(
+    qkv: &Tensor,
+    kv: &Tensor,
+    tables: &RopeTables,
+    layout: RopeLayout,
+    dims: HeadDims,
+    mask: AttentionMask,
+    path: OpPath,
+) -> Result<Tensor> {
+    match path.on(qkv.device()) {
+        OpPath::Fused => {
+            let keep = if qkv.track_op() || kv.track_op() { KeepProbs::ForBackward } else { KeepProbs::No };
+            let rope = RopeSpec { tables: tables.clone(), layout };
+            let op = Attention { dims, rope, mask: mask.causal(), keep, probs: Mutex::new(None) };
+            qkv.contiguous()?.apply_op2(&kv.contiguous()?, op)
+        }
+        OpPath::Reference => attention_slow(qkv, kv, tables, layout, dims, mask),
+    }
+}
+
+/// Reference form of [`attention`]: query heads of one KV group stacked along the rows, one
+/// batched matmul per KV head, the additive-mask softmax from basic ops.
+pub fn attention_slow(
+    qkv: &Tensor,
+    kv: &Tensor,
+    tables: &RopeTables,
+    layout: RopeLayout,
+    dims: HeadDims,
+    mask: AttentionMask,
+) -> Result<Tensor> {
+    let (b, s, _) = qkv.dims3()?;
+    let HeadDims { heads: h, kv_heads: kvh, head_dim: hd } = dims;
+    let q = rope_slow(&qkv.narrow(2, 0, h * hd)?.reshape((b, s, h, hd))?, tables, layout)?;
+    // (b, kvh, group·s, hd): heads h = kv·group + g are adjacent, so this is a plain reshape.
+    let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / (hd as f64).sqrt()))?.reshape((b, kvh, (h / kvh) * s, hd))?;
+    let (k, v) = (kv.get(0)?, kv.get(1)?);
+    let probs = masked_softmax_slow(&q.matmul(&k.t()?)?, mask)?;
+    probs.matmul(&v)?.reshape((b, h, s, hd))?.transpose(1, 2)?.reshape((b, s, h * hd))
 }
 
 /// `x·Wᵀ` for a frozen weight `W` stored `(out, in)` as in HF checkpoints.

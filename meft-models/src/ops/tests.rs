@@ -102,6 +102,54 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn swiglu_matches_reference(rows in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
+        let x = tensor(&[rows, 2 * f], seed, 6.0).unwrap();
+        check("swiglu", &[x], |t, p| swiglu(&t[0], p));
+    }
+
+    /// Packed attention (keys/values from `qkv`, after `past` cached positions) against the
+    /// reference, values and gradients to `qkv` and to the cached keys/values.
+    #[test]
+    fn attention_matches_reference(
+        batch in 1usize..3, seq in 1usize..6, kvh in 1usize..3, group in 1usize..4, half in 1usize..5,
+        past in 0usize..4, window in 0usize..5, interleaved in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let dims = HeadDims { heads: kvh * group, kv_heads: kvh, head_dim: 2 * half };
+        let layout = if interleaved { RopeLayout::Interleaved } else { RopeLayout::RotateHalf };
+        let tables = rope_tables(dims.head_dim, 10_000.0, past, seq);
+        let mask = AttentionMask { seq, offset: past, window: (window > 0).then_some(window) };
+        let qkv = tensor(&[batch, seq, dims.qkv_width()], seed, 2.0).unwrap();
+        let mut inputs = vec![qkv];
+        if past > 0 {
+            inputs.push(tensor(&[2, batch, kvh, past, dims.head_dim], seed + 3, 2.0).unwrap());
+        }
+        check("attention", &inputs, |t, p| {
+            let mut kv = kv_heads(&t[0], &tables, layout, dims, p)?;
+            if let Some(old) = t.get(1) {
+                kv = Tensor::cat(&[old, &kv], 3)?;
+            }
+            attention(&t[0], &kv, &tables, layout, dims, mask, p)
+        });
+    }
+}
+
+#[test]
+fn attention_without_gradients_matches_reference() {
+    let dims = HeadDims { heads: 4, kv_heads: 2, head_dim: 6 };
+    let tables = rope_tables(6, 500.0, 0, 5);
+    let mask = AttentionMask { seq: 5, offset: 0, window: None };
+    let qkv = tensor(&[2, 5, dims.qkv_width()], 11, 2.0).unwrap();
+    let run = |p| {
+        let kv = kv_heads(&qkv, &tables, RopeLayout::RotateHalf, dims, p).unwrap();
+        attention(&qkv, &kv, &tables, RopeLayout::RotateHalf, dims, mask, p).unwrap()
+    };
+    assert_close("attention (inference)", &run(OpPath::Fused), &run(OpPath::Reference));
+}
+
 #[test]
 fn frozen_linear_gradient_matches_plain_matmul() {
     let x = Var::from_tensor(&tensor(&[2, 3, 5], 1, 1.0).unwrap()).unwrap();
