@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use experiments::repro::{Context, DataSource, Profile, Section, capture, experts, union};
+use experiments::repro::{Context, DataSource, Profile, Section, capture, experts, traffic, union};
 
 fn context(dir: &Path) -> Context {
     Context {
@@ -94,4 +94,26 @@ fn a_single_token_selects_exactly_k_rows() {
     assert!(p.union <= p.tokens * 8.0 && p.union >= 8.0, "{p:?}");
     let wide = union::union_at(&c, 256, 8, 4, 1, 3).unwrap();
     assert!(wide.union >= p.union, "a batch of 4 sequences selects at least what one does");
+}
+
+#[test]
+fn traffic_section_moves_less_than_full_offload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    let s = traffic::run(&ctx).unwrap();
+    check_section(&ctx, &s);
+    let t = &s.results["measured"];
+    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {t}"));
+    let (moved, full) = (f("h2d_bytes") + f("d2h_bytes"), f("full_offload_bytes"));
+    assert!(moved > 0.0 && full > 0.0);
+    assert_eq!(f("h2d_bytes"), f("d2h_bytes"), "every row sent down returns a gradient");
+    let fraction = f("union_fraction");
+    assert!(fraction > 0.0 && fraction <= 1.0);
+    let ratio = s.results["ratio"].as_f64().unwrap();
+    assert!((ratio - full / moved).abs() < 1e-9);
+    if fraction < 1.0 {
+        assert!(ratio > 1.0, "a union below M must move less than full offload: {ratio}");
+    }
+    assert!(f("link_s") > 0.0 && f("meft_step_s") > 0.0 && f("dense_step_s") > 0.0);
+    assert!(s.markdown.contains("modelled") && s.markdown.contains("extrapolated"));
 }
