@@ -10,7 +10,9 @@ use experiments::repro::{Context, DataSource, Profile, Section, capture, experts
 fn context(dir: &Path) -> Context {
     Context {
         profile: Profile::Smoke,
-        source: DataSource::Synthetic { reason: "hermetic test".into() },
+        source: DataSource::Synthetic {
+            reason: "hermetic test".into(),
+        },
         paper_dir: dir.join("paper"),
         runs_dir: dir.join("runs"),
         seed: 7,
@@ -19,20 +21,35 @@ fn context(dir: &Path) -> Context {
 
 /// The shared checks on a section: a markdown table, figure and HDF5 files that exist.
 fn check_section(ctx: &Context, s: &Section) {
-    assert!(s.markdown.contains("| ---"), "no markdown table in:\n{}", s.markdown);
-    assert!(s.markdown.contains("SYNTHETIC FALLBACK"), "the fallback must be stated");
+    assert!(
+        s.markdown.contains("| ---"),
+        "no markdown table in:\n{}",
+        s.markdown
+    );
+    assert!(
+        s.markdown.contains("SYNTHETIC FALLBACK"),
+        "the fallback must be stated"
+    );
     assert!(!s.figures.is_empty());
     for f in &s.figures {
         let path = ctx.paper_dir.join(f);
-        let len = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).len();
+        let len = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .len();
         assert!(len > 1000, "{} is only {len} bytes", path.display());
     }
-    let h5 = s.results["h5"].as_str().expect("results name the HDF5 file");
+    let h5 = s.results["h5"]
+        .as_str()
+        .expect("results name the HDF5 file");
     assert!(ctx.paper_dir.join(h5).is_file(), "{h5} missing");
 }
 
 fn numbers(v: &serde_json::Value, key: &str) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|p| p[key].as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[key].as_f64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -49,7 +66,11 @@ fn experts_section_has_sane_recall() {
     }
     for p in points.as_array().unwrap() {
         if p["candidate_fraction"].as_f64() == Some(1.0) {
-            assert_eq!(p["recall_plain"].as_f64(), Some(1.0), "probing every expert is the dense top-K: {p}");
+            assert_eq!(
+                p["recall_plain"].as_f64(),
+                Some(1.0),
+                "probing every expert is the dense top-K: {p}"
+            );
         }
     }
 }
@@ -67,8 +88,14 @@ fn probing_every_expert_recovers_the_dense_top_k() {
             assert!(p.candidate_fraction < 1.0, "{p:?}");
         }
     }
-    let one = points.iter().find(|p| p.experts == 16 && p.top_p == 1).unwrap();
-    let all = points.iter().find(|p| p.experts == 16 && p.top_p == 16).unwrap();
+    let one = points
+        .iter()
+        .find(|p| p.experts == 16 && p.top_p == 1)
+        .unwrap();
+    let all = points
+        .iter()
+        .find(|p| p.experts == 16 && p.top_p == 16)
+        .unwrap();
     assert!(one.recall_plain <= all.recall_plain);
 }
 
@@ -93,7 +120,10 @@ fn a_single_token_selects_exactly_k_rows() {
     let p = union::union_at(&c, 256, 8, 1, 4, 3).unwrap();
     assert!(p.union <= p.tokens * 8.0 && p.union >= 8.0, "{p:?}");
     let wide = union::union_at(&c, 256, 8, 4, 1, 3).unwrap();
-    assert!(wide.union >= p.union, "a batch of 4 sequences selects at least what one does");
+    assert!(
+        wide.union >= p.union,
+        "a batch of 4 sequences selects at least what one does"
+    );
 }
 
 #[test]
@@ -103,16 +133,26 @@ fn traffic_section_moves_less_than_full_offload() {
     let s = traffic::run(&ctx).unwrap();
     check_section(&ctx, &s);
     let t = &s.results["measured"];
-    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {t}"));
+    let f = |k: &str| {
+        t[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {t}"))
+    };
     let (moved, full) = (f("h2d_bytes") + f("d2h_bytes"), f("full_offload_bytes"));
     assert!(moved > 0.0 && full > 0.0);
-    assert_eq!(f("h2d_bytes"), f("d2h_bytes"), "every row sent down returns a gradient");
+    assert_eq!(
+        f("h2d_bytes"),
+        f("d2h_bytes"),
+        "every row sent down returns a gradient"
+    );
     let fraction = f("union_fraction");
     assert!(fraction > 0.0 && fraction <= 1.0);
     let ratio = s.results["ratio"].as_f64().unwrap();
     assert!((ratio - full / moved).abs() < 1e-9);
     if fraction < 1.0 {
-        assert!(ratio > 1.0, "a union below M must move less than full offload: {ratio}");
+        assert!(
+            ratio > 1.0,
+            "a union below M must move less than full offload: {ratio}"
+        );
     }
     assert!(f("link_s") > 0.0 && f("meft_step_s") > 0.0 && f("dense_step_s") > 0.0);
     assert!(s.markdown.contains("modelled") && s.markdown.contains("extrapolated"));

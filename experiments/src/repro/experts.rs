@@ -66,7 +66,13 @@ fn sizes(profile: Profile) -> Sizes {
             experts: vec![4, 16, 64],
             probes: vec![Probes::Fixed(1), Probes::Fixed(4)],
         },
-        Profile::Default => Sizes { prompts: 160, neurons: 6400, top_k: 64, experts: vec![8, 32, 80, 320, 1280], probes },
+        Profile::Default => Sizes {
+            prompts: 160,
+            neurons: 6400,
+            top_k: 64,
+            experts: vec![8, 32, 80, 320, 1280],
+            probes,
+        },
         Profile::Full => Sizes {
             prompts: 600,
             neurons: 6400,
@@ -115,13 +121,26 @@ struct LayerData<'a> {
 }
 
 /// Routes one layer at (N, P) in both scoring modes; returns (plain recall, gated recall, seconds).
-fn route_layer(l: &LayerData<'_>, d: usize, layout: &ExpertLayout, p: usize, k: usize) -> Result<(f64, f64, f64)> {
+fn route_layer(
+    l: &LayerData<'_>,
+    d: usize,
+    layout: &ExpertLayout,
+    p: usize,
+    k: usize,
+) -> Result<(f64, f64, f64)> {
     let m = layout.neurons();
     let view = KeysView::f32(l.keys, m, d, d)?;
     let gates = init_gates(&view, layout)?;
-    let inputs = RouteInputs { x: l.x, keys: view, gates: GateSource::Gates(Rows::new(&gates, layout.experts(), d)?) };
+    let inputs = RouteInputs {
+        x: l.x,
+        keys: view,
+        gates: GateSource::Gates(Rows::new(&gates, layout.experts(), d)?),
+    };
     let mut scratch = RouteScratch::default();
-    let plain = RouteConfig { scoring: Scoring::Plain, ..RouteConfig::new(p, k) };
+    let plain = RouteConfig {
+        scoring: Scoring::Plain,
+        ..RouteConfig::new(p, k)
+    };
     let recall_plain = recall_at_k(&route(&inputs, layout, &plain, &mut scratch)?, &l.dense);
     let start = Instant::now();
     let gated = route(&inputs, layout, &RouteConfig::new(p, k), &mut scratch)?;
@@ -133,30 +152,62 @@ fn route_layer(l: &LayerData<'_>, d: usize, layout: &ExpertLayout, p: usize, k: 
 fn dense(x: Rows<'_>, keys: &[f32], d: usize, k: usize) -> Result<(TopK, f64)> {
     let m = keys.len() / d;
     let no_gates = Rows::new(&[], 0, d)?;
-    let inputs = RouteInputs { x, keys: KeysView::f32(keys, m, d, d)?, gates: GateSource::Gates(no_gates) };
+    let inputs = RouteInputs {
+        x,
+        keys: KeysView::f32(keys, m, d, d)?,
+        gates: GateSource::Gates(no_gates),
+    };
     let start = Instant::now();
-    let top = dense_top_k(&inputs, &ExpertLayout::single(m)?, &DenseConfig { top_k: k, scoring: Scoring::Plain })?;
+    let top = dense_top_k(
+        &inputs,
+        &ExpertLayout::single(m)?,
+        &DenseConfig {
+            top_k: k,
+            scoring: Scoring::Plain,
+        },
+    )?;
     Ok((top, start.elapsed().as_secs_f64()))
 }
 
 /// The sweep over (N, P) on captured inputs. Returns the points and the dense time per 1000 tokens.
-pub fn sweep(c: &Captured, neurons: usize, top_k: usize, experts: &[usize], probes: &[usize], seed: u64) -> Result<(Vec<Point>, f64)> {
+pub fn sweep(
+    c: &Captured,
+    neurons: usize,
+    top_k: usize,
+    experts: &[usize],
+    probes: &[usize],
+    seed: u64,
+) -> Result<(Vec<Point>, f64)> {
     let rules: Vec<Probes> = probes.iter().map(|&p| Probes::Fixed(p)).collect();
     sweep_rules(c, neurons, top_k, experts, &rules, seed)
 }
 
-fn sweep_rules(c: &Captured, neurons: usize, top_k: usize, experts: &[usize], rules: &[Probes], seed: u64) -> Result<(Vec<Point>, f64)> {
+fn sweep_rules(
+    c: &Captured,
+    neurons: usize,
+    top_k: usize,
+    experts: &[usize],
+    rules: &[Probes],
+    seed: u64,
+) -> Result<(Vec<Point>, f64)> {
     let d = c.hidden;
     let t = c.tokens();
-    let keys: Vec<Vec<f32>> =
-        c.layers.iter().map(|&l| capture::meft_keys(neurons, d, seed, l)).collect::<Result<_>>()?;
+    let keys: Vec<Vec<f32>> = c
+        .layers
+        .iter()
+        .map(|&l| capture::meft_keys(neurons, d, seed, l))
+        .collect::<Result<_>>()?;
     let mut layers = Vec::new();
     let mut dense_secs = 0.0;
     for (x, k) in c.inputs.iter().zip(&keys) {
         let x = Rows::new(x, t, d)?;
         let (top, secs) = dense(x, k, d, top_k)?;
         dense_secs += secs;
-        layers.push(LayerData { x, keys: k, dense: top });
+        layers.push(LayerData {
+            x,
+            keys: k,
+            dense: top,
+        });
     }
     let per_1k = |secs: f64| 1e3 * secs / (t * layers.len()).max(1) as f64 * 1e3;
     let mut points: Vec<Point> = Vec::new();
@@ -265,10 +316,30 @@ fn h5_table(points: &[Point]) -> Table {
         columns: vec![
             u64_column("experts", "1", "experts N", cnt(|p| p.experts)),
             u64_column("top_p", "1", "experts probed per token", cnt(|p| p.top_p)),
-            f64_column("candidate_fraction", "1", "fraction of keys scored per token", col(|p| p.candidate_fraction)),
-            f64_column("recall_plain", "1", "recall@K, plain scores", col(|p| p.recall_plain)),
-            f64_column("recall_gated", "1", "recall@K, gated scores", col(|p| p.recall_gated)),
-            f64_column("route_ms_per_1k_tokens", "ms", "gated routing time (measured)", col(|p| p.route_ms_per_1k_tokens)),
+            f64_column(
+                "candidate_fraction",
+                "1",
+                "fraction of keys scored per token",
+                col(|p| p.candidate_fraction),
+            ),
+            f64_column(
+                "recall_plain",
+                "1",
+                "recall@K, plain scores",
+                col(|p| p.recall_plain),
+            ),
+            f64_column(
+                "recall_gated",
+                "1",
+                "recall@K, gated scores",
+                col(|p| p.recall_gated),
+            ),
+            f64_column(
+                "route_ms_per_1k_tokens",
+                "ms",
+                "gated routing time (measured)",
+                col(|p| p.route_ms_per_1k_tokens),
+            ),
         ],
     }
 }
@@ -283,7 +354,13 @@ pub fn run(ctx: &Context) -> Result<Section> {
         "neurons": s.neurons, "top_k": s.top_k, "experts": s.experts, "prompts": c.seq_lens.len(),
         "tokens": c.tokens(), "layers": c.layers, "seed": ctx.seed,
     });
-    let h5 = write_h5(ctx, "experts", "Key-Experts recall@K vs experts", &config, &[h5_table(&points)])?;
+    let h5 = write_h5(
+        ctx,
+        "experts",
+        "Key-Experts recall@K vs experts",
+        &config,
+        &[h5_table(&points)],
+    )?;
     let markdown = format!(
         "{scale}\n\n**Measured:** recall@K of Key-Experts routing against the dense top-K over all \
          M = {m} keys (K = {k}), on the FFN inputs of {what} ({t} tokens) at layers {layers:?}; keys \

@@ -72,7 +72,8 @@ pub fn write_h5(
         git_revision: git_revision(),
         description: description.into(),
     };
-    write_tables(&path, &metadata, tables).with_context(|| format!("writing {}", path.display()))?;
+    write_tables(&path, &metadata, tables)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(format!("results/{name}.h5"))
 }
 
@@ -108,7 +109,10 @@ mod tests {
     fn tables_are_markdown() {
         let t = md_table(&["a", "b"], &[vec!["1".into(), "2".into()]]);
         assert_eq!(t, "| a | b |\n| --- | --- |\n| 1 | 2 |\n");
-        assert_eq!(figure_paths(&["x.png".into()]), vec!["figures/x.png".to_string()]);
+        assert_eq!(
+            figure_paths(&["x.png".into()]),
+            vec!["figures/x.png".to_string()]
+        );
         assert_eq!(mib(3.0 * 1024.0 * 1024.0), "3.00");
     }
 }

@@ -82,12 +82,18 @@ fn render_both(dir: &Path, stem: &str, figure: &impl Figure) -> Result<Vec<Strin
     let names = file_names(stem);
     let png = dir.join(&names[0]);
     let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-    figure.draw(&root).with_context(|| format!("drawing {}", png.display()))?;
-    root.present().map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
+    figure
+        .draw(&root)
+        .with_context(|| format!("drawing {}", png.display()))?;
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
     let svg = dir.join(&names[1]);
     let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-    figure.draw(&root).with_context(|| format!("drawing {}", svg.display()))?;
-    root.present().map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
+    figure
+        .draw(&root)
+        .with_context(|| format!("drawing {}", svg.display()))?;
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
     Ok(names)
 }
 
@@ -98,7 +104,11 @@ fn linear_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
         (lo.min(v), hi.max(v))
     });
     let lo = if lo >= 0.0 && lo <= 0.5 * hi { 0.0 } else { lo };
-    let pad = if hi > lo { 0.06 * (hi - lo) } else { hi.abs().max(1.0) * 0.1 };
+    let pad = if hi > lo {
+        0.06 * (hi - lo)
+    } else {
+        hi.abs().max(1.0) * 0.1
+    };
     let lo = if lo == 0.0 { 0.0 } else { lo - pad };
     (lo, hi + pad)
 }
@@ -122,7 +132,10 @@ fn validate_lines(series: &[Series], x_scale: AxisScale) -> Result<()> {
                 bail!("series {:?} has a non-finite point ({x}, {y})", s.label);
             }
             if x_scale == AxisScale::Log && x <= 0.0 {
-                bail!("series {:?} has x = {x} on a log axis: use AxisScale::Linear", s.label);
+                bail!(
+                    "series {:?} has x = {x} on a log axis: use AxisScale::Linear",
+                    s.label
+                );
             }
         }
     }
@@ -155,8 +168,22 @@ pub fn line_chart(
         AxisScale::Log => log_bounds(xs),
     };
     let y = linear_bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    let labels = Labels { title, x: x_label, y: y_label };
-    render_both(dir, stem, &Lines { labels, x_scale, x, y, series })
+    let labels = Labels {
+        title,
+        x: x_label,
+        y: y_label,
+    };
+    render_both(
+        dir,
+        stem,
+        &Lines {
+            labels,
+            x_scale,
+            x,
+            y,
+            series,
+        },
+    )
 }
 
 /// A line chart ready to draw.
@@ -173,9 +200,13 @@ impl Figure for Lines<'_> {
         let (lo, hi) = self.x;
         match self.x_scale {
             AxisScale::Linear => draw_lines(root, &self.labels, lo..hi, self.y, self.series),
-            AxisScale::Log => {
-                draw_lines(root, &self.labels, (lo..hi).log_scale(), self.y, self.series)
-            }
+            AxisScale::Log => draw_lines(
+                root,
+                &self.labels,
+                (lo..hi).log_scale(),
+                self.y,
+                self.series,
+            ),
         }
     }
 }
@@ -218,7 +249,10 @@ where
             .map_err(err)?
             .label(s.label.as_str())
             .legend(move |(px, py)| PathElement::new([(px, py), (px + 18, py)], style));
-        let marks = s.points.iter().map(move |&p| Circle::new(p, 3, colour.filled()));
+        let marks = s
+            .points
+            .iter()
+            .map(move |&p| Circle::new(p, 3, colour.filled()));
         chart.draw_series(marks).map_err(err)?;
     }
     draw_legend(&mut chart).map_err(err)
@@ -231,7 +265,11 @@ fn tick(v: f64) -> String {
     }
     let digits = (3 - v.abs().log10().floor().max(-4.0) as i32).clamp(0, 6) as usize;
     let s = format!("{v:.digits$}");
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// The legend box in the upper-right corner.
@@ -285,8 +323,20 @@ pub fn bar_chart(
     series: &[(String, Vec<f64>)],
 ) -> Result<Vec<String>> {
     validate_bars(groups, series)?;
-    let labels = Labels { title, x: "", y: y_label };
-    render_both(dir, stem, &Bars { labels, groups, series })
+    let labels = Labels {
+        title,
+        x: "",
+        y: y_label,
+    };
+    render_both(
+        dir,
+        stem,
+        &Bars {
+            labels,
+            groups,
+            series,
+        },
+    )
 }
 
 /// A grouped bar chart ready to draw.
@@ -315,16 +365,29 @@ fn draw_bars<DB: DrawingBackend>(
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
     root.fill(&WHITE).map_err(err)?;
     let n = groups.len();
-    let top = series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0, f64::max);
+    let top = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .fold(0.0, f64::max);
     let top = if top > 0.0 { top * 1.25 } else { 1.0 };
-    let centres: Vec<i32> = (0..n as i32).map(|g| g * GROUP_UNITS + GROUP_UNITS / 2).collect();
-    let group_of = |v: &i32| groups.get((v / GROUP_UNITS) as usize).cloned().unwrap_or_default();
+    let centres: Vec<i32> = (0..n as i32)
+        .map(|g| g * GROUP_UNITS + GROUP_UNITS / 2)
+        .collect();
+    let group_of = |v: &i32| {
+        groups
+            .get((v / GROUP_UNITS) as usize)
+            .cloned()
+            .unwrap_or_default()
+    };
     let mut chart = ChartBuilder::on(root)
         .caption(labels.title, (FAMILY, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(72)
-        .build_cartesian_2d((0..n as i32 * GROUP_UNITS).with_key_points(centres), 0.0..top)
+        .build_cartesian_2d(
+            (0..n as i32 * GROUP_UNITS).with_key_points(centres),
+            0.0..top,
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -345,7 +408,9 @@ fn draw_bars<DB: DrawingBackend>(
             .draw_series(bars)
             .map_err(err)?
             .label(label.as_str())
-            .legend(move |(px, py)| Rectangle::new([(px, py - 6), (px + 14, py + 6)], colour.filled()));
+            .legend(move |(px, py)| {
+                Rectangle::new([(px, py - 6), (px + 14, py + 6)], colour.filled())
+            });
     }
     draw_legend(&mut chart).map_err(err)
 }
@@ -363,7 +428,11 @@ mod tests {
     fn check_outputs(dir: &Path, names: &[String], title: &str) {
         let png = std::fs::read(dir.join(&names[0])).unwrap();
         assert_eq!(png_size(&png), SIZE);
-        assert!(png.len() > 5_000, "PNG of {} bytes is too small to hold a chart", png.len());
+        assert!(
+            png.len() > 5_000,
+            "PNG of {} bytes is too small to hold a chart",
+            png.len()
+        );
         let svg = std::fs::read_to_string(dir.join(&names[1])).unwrap();
         assert!(svg.contains(title), "SVG lacks the title {title:?}");
     }
@@ -372,13 +441,27 @@ mod tests {
     fn line_chart_writes_png_and_svg_on_both_scales() {
         let dir = tempfile::tempdir().unwrap();
         let series = vec![
-            Series { label: "recall".into(), points: vec![(4.0, 0.5), (16.0, 0.8), (64.0, 0.95)] },
-            Series { label: "dense".into(), points: vec![(4.0, 1.0), (64.0, 1.0)] },
+            Series {
+                label: "recall".into(),
+                points: vec![(4.0, 0.5), (16.0, 0.8), (64.0, 0.95)],
+            },
+            Series {
+                label: "dense".into(),
+                points: vec![(4.0, 1.0), (64.0, 1.0)],
+            },
         ];
         for (scale, stem) in [(AxisScale::Log, "log"), (AxisScale::Linear, "lin")] {
             let title = format!("Recall vs experts {stem}");
-            let names =
-                line_chart(dir.path(), stem, &title, "experts", "recall@K", &series, scale).unwrap();
+            let names = line_chart(
+                dir.path(),
+                stem,
+                &title,
+                "experts",
+                "recall@K",
+                &series,
+                scale,
+            )
+            .unwrap();
             assert_eq!(names, vec![format!("{stem}.png"), format!("{stem}.svg")]);
             check_outputs(dir.path(), &names, &title);
         }
@@ -388,8 +471,19 @@ mod tests {
     fn bar_chart_writes_png_and_svg() {
         let dir = tempfile::tempdir().unwrap();
         let groups = vec!["MEFT".to_string(), "full offload".to_string()];
-        let series = vec![("H2D".to_string(), vec![1.0, 4.0]), ("D2H".to_string(), vec![0.5, 4.0])];
-        let names = bar_chart(dir.path(), "bytes", "Bytes per step", "MiB", &groups, &series).unwrap();
+        let series = vec![
+            ("H2D".to_string(), vec![1.0, 4.0]),
+            ("D2H".to_string(), vec![0.5, 4.0]),
+        ];
+        let names = bar_chart(
+            dir.path(),
+            "bytes",
+            "Bytes per step",
+            "MiB",
+            &groups,
+            &series,
+        )
+        .unwrap();
         check_outputs(dir.path(), &names, "Bytes per step");
         let svg = std::fs::read_to_string(dir.path().join(&names[1])).unwrap();
         assert!(svg.contains("full offload"), "group names label the x axis");
@@ -408,7 +502,10 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let neg = vec![Series { label: "a".into(), points: vec![(0.0, 1.0)] }];
+        let neg = vec![Series {
+            label: "a".into(),
+            points: vec![(0.0, 1.0)],
+        }];
         let e = line_chart(dir.path(), "x", "t", "x", "y", &neg, AxisScale::Log).unwrap_err();
         assert!(e.to_string().contains("log axis"), "{e}");
         assert!(line_chart(dir.path(), "x", "t", "x", "y", &[], AxisScale::Linear).is_err());

@@ -9,7 +9,10 @@
 
 use anyhow::Result;
 use meft_eval::h5::Table;
-use meft_router::{ExpertLayout, GateSource, KeysView, RouteConfig, RouteInputs, RouteScratch, Rows, init_gates, route};
+use meft_router::{
+    ExpertLayout, GateSource, KeysView, RouteConfig, RouteInputs, RouteScratch, Rows, init_gates,
+    route,
+};
 use serde::Serialize;
 
 use super::capture::{self, Captured};
@@ -34,9 +37,27 @@ struct Sizes {
 fn sizes(profile: Profile) -> Sizes {
     let batches = vec![1, 2, 4, 8, 16, 32];
     match profile {
-        Profile::Smoke => Sizes { prompts: 12, neurons: 256, top_ks: vec![16, 64], batches: vec![1, 2, 4, 8], max_groups: 4 },
-        Profile::Default => Sizes { prompts: 160, neurons: 6400, top_ks: vec![16, 64], batches, max_groups: 16 },
-        Profile::Full => Sizes { prompts: 600, neurons: 6400, top_ks: vec![16, 64, 128], batches, max_groups: 64 },
+        Profile::Smoke => Sizes {
+            prompts: 12,
+            neurons: 256,
+            top_ks: vec![16, 64],
+            batches: vec![1, 2, 4, 8],
+            max_groups: 4,
+        },
+        Profile::Default => Sizes {
+            prompts: 160,
+            neurons: 6400,
+            top_ks: vec![16, 64],
+            batches,
+            max_groups: 16,
+        },
+        Profile::Full => Sizes {
+            prompts: 600,
+            neurons: 6400,
+            top_ks: vec![16, 64, 128],
+            batches,
+            max_groups: 64,
+        },
     }
 }
 
@@ -60,7 +81,14 @@ pub struct Point {
 }
 
 /// Mean |U| over micro-batches of `batch` sequences (at most `max_groups`) at every layer.
-pub fn union_at(c: &Captured, neurons: usize, top_k: usize, batch: usize, max_groups: usize, seed: u64) -> Result<Point> {
+pub fn union_at(
+    c: &Captured,
+    neurons: usize,
+    top_k: usize,
+    batch: usize,
+    max_groups: usize,
+    seed: u64,
+) -> Result<Point> {
     let d = c.hidden;
     let layout = ExpertLayout::with_default_factor(neurons)?;
     let cfg = RouteConfig::new(8.min(layout.experts()), top_k.min(neurons));
@@ -77,7 +105,11 @@ pub fn union_at(c: &Captured, neurons: usize, top_k: usize, batch: usize, max_gr
             let t = rows.len();
             let x = Rows::new(&c.inputs[li][rows.start * d..rows.end * d], t, d)?;
             let gate_rows = Rows::new(&gates, layout.experts(), d)?;
-            let inputs = RouteInputs { x, keys: view, gates: GateSource::Gates(gate_rows) };
+            let inputs = RouteInputs {
+                x,
+                keys: view,
+                gates: GateSource::Gates(gate_rows),
+            };
             let r = route(&inputs, &layout, &cfg, &mut scratch)?;
             union += r.union().len() as f64;
             tokens += t as f64;
@@ -118,7 +150,11 @@ fn table(points: &[Point], neurons: usize) -> String {
                 format!("{:.3}", p.union_fraction),
                 format!("{:.0}", p.bound),
                 neurons.to_string(),
-                if p.top_k == 64 { format!("≈ {PAPER_UNION_FRACTION} at T = 512") } else { "—".into() },
+                if p.top_k == 64 {
+                    format!("≈ {PAPER_UNION_FRACTION} at T = 512")
+                } else {
+                    "—".into()
+                },
             ]
         })
         .collect();
@@ -130,7 +166,11 @@ fn figure(ctx: &Context, points: &[Point], top_ks: &[usize]) -> Result<Vec<Strin
         .iter()
         .map(|&k| Series {
             label: format!("K = {k}"),
-            points: points.iter().filter(|p| p.top_k == k).map(|p| (p.batch as f64, p.union_fraction)).collect(),
+            points: points
+                .iter()
+                .filter(|p| p.top_k == k)
+                .map(|p| (p.batch as f64, p.union_fraction))
+                .collect(),
         })
         .collect();
     let names = line_chart(
@@ -153,10 +193,30 @@ fn h5_table(points: &[Point]) -> Table {
         description: "one row per (K, batch size), averaged over micro-batches and layers".into(),
         columns: vec![
             u64_column("top_k", "1", "neurons kept per token", cnt(|p| p.top_k)),
-            u64_column("batch", "sequences", "sequences per micro-batch", cnt(|p| p.batch)),
-            f64_column("tokens", "tokens", "mean tokens per micro-batch", col(|p| p.tokens)),
-            f64_column("union", "rows", "mean distinct rows selected", col(|p| p.union)),
-            f64_column("union_fraction", "1", "mean |U| / M", col(|p| p.union_fraction)),
+            u64_column(
+                "batch",
+                "sequences",
+                "sequences per micro-batch",
+                cnt(|p| p.batch),
+            ),
+            f64_column(
+                "tokens",
+                "tokens",
+                "mean tokens per micro-batch",
+                col(|p| p.tokens),
+            ),
+            f64_column(
+                "union",
+                "rows",
+                "mean distinct rows selected",
+                col(|p| p.union),
+            ),
+            f64_column(
+                "union_fraction",
+                "1",
+                "mean |U| / M",
+                col(|p| p.union_fraction),
+            ),
             f64_column("bound", "rows", "mean min(M, T·K)", col(|p| p.bound)),
         ],
     }
@@ -179,7 +239,13 @@ pub fn run(ctx: &Context) -> Result<Section> {
         "neurons": s.neurons, "experts": layout.experts(), "top_p": 8, "top_ks": s.top_ks,
         "batches": s.batches, "prompts": available, "layers": c.layers, "seed": ctx.seed,
     });
-    let h5 = write_h5(ctx, "union", "union size vs batch size", &config, &[h5_table(&points)])?;
+    let h5 = write_h5(
+        ctx,
+        "union",
+        "union size vs batch size",
+        &config,
+        &[h5_table(&points)],
+    )?;
     let markdown = format!(
         "{scale}\n\n**Measured:** the distinct rows |U| selected by one micro-batch (Key-Experts, \
          M = {m}, N = {n}, P = 8, gated, no capacity cut), on the FFN inputs of {what} at layers \
