@@ -8,9 +8,13 @@ use meft_eval::results::RunMetadata;
 
 use super::{Context, DataSource, Profile};
 
-/// A markdown table; every row must have as many cells as `header`.
+/// A markdown table; every row must have as many cells as `header`. A `|` inside a cell (as in
+/// `|U|`) is escaped so it does not split the cell.
 pub fn md_table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let line = |cells: &[String]| {
+        let cells: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
     let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     let rule: Vec<String> = header.iter().map(|_| "---".to_string()).collect();
     let mut s = line(&head) + &line(&rule);
@@ -114,5 +118,6 @@ mod tests {
             vec!["figures/x.png".to_string()]
         );
         assert_eq!(mib(3.0 * 1024.0 * 1024.0), "3.00");
+        assert_eq!(md_table(&["|U|"], &[]), "| \\|U\\| |\n| --- |\n");
     }
 }
