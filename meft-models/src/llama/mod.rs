@@ -134,6 +134,23 @@ impl Llama {
     /// # Shapes
     /// `tokens`: `(batch, seq)` u32; result `(batch, seq, vocab)`.
     pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
+        let h = self.hidden_cached(tokens, cache, hook)?;
+        Ok(self.head(&h, OpPath::Fused)?)
+    }
+
+    /// Like [`Llama::forward_cached`] but runs the output head on the last position only (what
+    /// decoding needs: the head is a fifth of the model's weights).
+    ///
+    /// # Shapes
+    /// `tokens`: `(batch, seq)` u32; result `(batch, vocab)`.
+    pub fn forward_cached_last(&self, tokens: &Tensor, cache: &mut KvCache, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
+        let h = self.hidden_cached(tokens, cache, hook)?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        Ok(self.head(&last, OpPath::Fused)?.squeeze(1)?)
+    }
+
+    /// The decoder layers of [`Llama::forward_cached`], without the head.
+    fn hidden_cached(&self, tokens: &Tensor, cache: &mut KvCache, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
         if cache.layers.len() != self.layers.len() {
             return Err(ModelError::InvalidInput {
                 op: "forward_cached",
@@ -148,7 +165,7 @@ impl Llama {
             h = layer.forward(&h, &ctx, Some(entry))?;
         }
         cache.advance(seq);
-        Ok(self.head(&h, OpPath::Fused)?)
+        Ok(h)
     }
 
     /// Mean next-token cross-entropy (differentiable): position `t` predicts `tokens[t + 1]`.
@@ -159,13 +176,17 @@ impl Llama {
     /// # Shapes
     /// `logits`: `(batch, seq, vocab)`, `tokens`/`mask`: `(batch, seq)`; result a scalar.
     pub fn next_token_loss(&self, logits: &Tensor, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
-        let (b, s, v) = logits.dims3()?;
+        let (b, s, _) = logits.dims3()?;
         if s < 2 {
             return Err(ModelError::InvalidInput { op: "next_token_loss", reason: "need at least two tokens".into() });
         }
-        let z = logits.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))?;
-        let t = tokens.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(DType::U32)?;
-        let nll = ops::cross_entropy(&z, &t, self.op_path)?;
+        if tokens.dims() != [b, s] {
+            return Err(ModelError::InvalidInput {
+                op: "next_token_loss",
+                reason: format!("tokens {:?} do not match logits {:?}", tokens.dims(), logits.dims()),
+            });
+        }
+        let nll = ops::next_token_nll(logits, tokens, self.op_path)?;
         match mask {
             None => Ok(nll.mean_all()?),
             Some(m) => {

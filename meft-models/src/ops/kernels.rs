@@ -12,6 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layo
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::gemm::{matmul, Mat, Parallelism};
 use crate::config::RopeLayout;
 
 /// Rows below this many elements in total are processed on the calling thread.
@@ -427,6 +428,42 @@ impl CustomOp2 for SwiGluBwd {
 
 // ------------------------------------------------------------------ frozen linear
 
+/// `x·Wᵀ` of f32 `x` `(..., in)` and a frozen f32 weight `(out, in)`, computed straight into the
+/// output; the backward sends `g·W` to `x` and nothing to the weight.
+pub(super) struct FrozenLinear;
+
+impl CustomOp2 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "meft-frozen-linear-f32"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            bail!("frozen-linear: inputs must be contiguous")
+        };
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else { bail!("frozen-linear: f32 inputs only") };
+        let (x, w) = (&x[a1..b1], &w[a2..b2]);
+        let &[out_dim, in_dim] = l2.dims() else { bail!("frozen-linear: weight must be 2-d, got {:?}", l2.dims()) };
+        if last_dim(l1) != in_dim {
+            bail!("frozen-linear: input width {} does not match the weight {:?}", last_dim(l1), l2.dims())
+        }
+        let rows = x.len() / in_dim.max(1);
+        let mut y = vec![0f32; rows * out_dim];
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        matmul(&mut y, Mat::dense(rows, out_dim), (x, Mat::dense(rows, in_dim)), (w, Mat::dense(out_dim, in_dim).t()), 1.0, par)?;
+        let mut dims = l1.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out_dim;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.broadcast_matmul(w)?), None))
+    }
+}
+
 /// Identity on its second argument (the precomputed `x·Wᵀ`) whose backward sends `g·W` to the
 /// first argument (`x`) and nothing to the weight: the weight gradient of a frozen layer is never
 /// computed.
@@ -457,8 +494,47 @@ impl CustomOp2 for FrozenLinearGrad {
 
 // ------------------------------------------------------------------ cross-entropy
 
-/// Per-row negative log-likelihood `logsumexp(z) − z[target]` of `(rows, vocab)` logits.
-pub(super) struct CrossEntropy;
+/// Per-row negative log-likelihood `logsumexp(z) − z[target]` of `(..., vocab)` logits, over
+/// the rows that [`LogitRows`] selects (one target per selected row, in order).
+pub(super) struct CrossEntropy {
+    pub rows: LogitRows,
+}
+
+/// Which rows of the logits a cross-entropy scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LogitRows {
+    /// Every row.
+    All,
+    /// Every row but the last of each block of `seq` rows (next-token prediction: the last
+    /// position of a sequence has no target).
+    AllButLastOf(usize),
+}
+
+impl LogitRows {
+    /// Number of scored rows among `rows`.
+    fn count(self, rows: usize) -> usize {
+        match self {
+            LogitRows::All => rows,
+            LogitRows::AllButLastOf(seq) => rows / seq.max(1) * seq.saturating_sub(1),
+        }
+    }
+
+    /// The logits row of scored row `r`.
+    fn source(self, r: usize) -> usize {
+        match self {
+            LogitRows::All => r,
+            LogitRows::AllButLastOf(seq) => r / (seq - 1) * seq + r % (seq - 1),
+        }
+    }
+
+    /// The scored row of logits row `r`, if it is scored.
+    fn scored(self, r: usize) -> Option<usize> {
+        match self {
+            LogitRows::All => Some(r),
+            LogitRows::AllButLastOf(seq) => (r % seq != seq - 1).then(|| r / seq * (seq - 1) + r % seq),
+        }
+    }
+}
 
 impl CustomOp2 for CrossEntropy {
     fn name(&self) -> &'static str {
@@ -469,7 +545,7 @@ impl CustomOp2 for CrossEntropy {
         let z = f32_data(s1, l1, self.name())?;
         let targets = targets(s2, l2)?;
         let v = last_dim(l1);
-        let rows = z.len() / v.max(1);
+        let rows = self.rows.count(z.len() / v.max(1));
         if targets.len() != rows {
             bail!("cross-entropy: {} targets for {rows} rows", targets.len())
         }
@@ -477,14 +553,15 @@ impl CustomOp2 for CrossEntropy {
             bail!("cross-entropy: target {t} is outside the vocabulary of {v}")
         }
         let out = map_rows(rows, 1, |r, o| {
-            let row = &z[r * v..(r + 1) * v];
+            let src = self.rows.source(r);
+            let row = &z[src * v..(src + 1) * v];
             o[0] = log_sum_exp(row) - row[targets[r] as usize];
         });
         Ok((storage_of(out, s1.dtype())?, Shape::from(rows)))
     }
 
     fn bwd(&self, z: &Tensor, t: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(z.apply_op3_no_bwd(t, &g.contiguous()?, &CrossEntropyBwd)?), None))
+        Ok((Some(z.apply_op3_no_bwd(t, &g.contiguous()?, &CrossEntropyBwd { rows: self.rows })?), None))
     }
 }
 
@@ -502,8 +579,10 @@ fn log_sum_exp(row: &[f32]) -> f32 {
     max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
 }
 
-/// `g_row · (softmax(z) − onehot(target))`.
-struct CrossEntropyBwd;
+/// `g_row · (softmax(z) − onehot(target))` on scored rows, zero on the others.
+struct CrossEntropyBwd {
+    rows: LogitRows,
+}
 
 impl CustomOp3 for CrossEntropyBwd {
     fn name(&self) -> &'static str {
@@ -524,12 +603,13 @@ impl CustomOp3 for CrossEntropyBwd {
         let g = f32_data(s3, l3, self.name())?;
         let v = last_dim(l1);
         let out = map_rows(z.len() / v.max(1), v, |r, o| {
+            let Some(k) = self.rows.scored(r) else { return };
             let row = &z[r * v..(r + 1) * v];
             let lse = log_sum_exp(row);
             for (o, &x) in o.iter_mut().zip(row) {
-                *o = (x - lse).exp() * g[r];
+                *o = (x - lse).exp() * g[k];
             }
-            o[t[r] as usize] -= g[r];
+            o[t[k] as usize] -= g[k];
         });
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }

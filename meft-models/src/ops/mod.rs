@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 pub use attention::HeadDims;
 use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
 pub use kernels::RopeTables;
-use kernels::{CausalMask, CrossEntropy, FrozenLinearGrad, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
+use kernels::{CausalMask, CrossEntropy, LogitRows, FrozenLinear, FrozenLinearGrad, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
 
 use crate::config::RopeLayout;
 
@@ -277,6 +277,9 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !x.track_op() || w.track_op() || !x.device().is_cpu() {
         return linear_slow(&x, w);
     }
+    if x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        return x.apply_op2(&w.contiguous()?, FrozenLinear);
+    }
     let y = x.detach().broadcast_matmul(&w.t()?)?;
     x.apply_op2(&y, FrozenLinearGrad { weight: w.clone() })
 }
@@ -292,7 +295,7 @@ pub fn linear_slow(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `logits`: `(rows, vocab)`, `targets`: `(rows)` u32; result `(rows)` in the logits' dtype.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, path: OpPath) -> Result<Tensor> {
     match path.on(logits.device()) {
-        OpPath::Fused => logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy),
+        OpPath::Fused => logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy { rows: LogitRows::All }),
         OpPath::Reference => cross_entropy_slow(logits, targets),
     }
 }
@@ -301,6 +304,32 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, path: OpPath) -> Result<
 pub fn cross_entropy_slow(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let picked = logits.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?;
     logits.log_sum_exp(D::Minus1)? - picked
+}
+
+/// Per-position negative log-likelihood of the next token: position `t` of each sequence is
+/// scored against `tokens[t + 1]`; the last position has no target.
+///
+/// The fused form reads the logits in place, so the backward writes one `(batch, seq, vocab)`
+/// gradient instead of going through a narrow and a reshape (each a vocabulary-sized copy).
+///
+/// # Shapes
+/// `logits`: `(batch, seq, vocab)` with `seq ≥ 2`, `tokens`: `(batch, seq)`; result
+/// `(batch·(seq − 1))`, sequence-major.
+pub fn next_token_nll(logits: &Tensor, tokens: &Tensor, path: OpPath) -> Result<Tensor> {
+    let (_, s, _) = logits.dims3()?;
+    let targets = tokens.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(DType::U32)?;
+    match path.on(logits.device()) {
+        OpPath::Fused => logits.contiguous()?.apply_op2(&targets, CrossEntropy { rows: LogitRows::AllButLastOf(s) }),
+        OpPath::Reference => next_token_nll_slow(logits, tokens),
+    }
+}
+
+/// Reference form of [`next_token_nll`]: drop the last position, flatten, [`cross_entropy_slow`].
+pub fn next_token_nll_slow(logits: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+    let (b, s, v) = logits.dims3()?;
+    let z = logits.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))?;
+    let t = tokens.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(DType::U32)?;
+    cross_entropy_slow(&z, &t)
 }
 
 #[cfg(test)]

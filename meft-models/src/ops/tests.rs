@@ -138,6 +138,16 @@ proptest! {
 }
 
 #[test]
+fn next_token_nll_matches_reference() {
+    for (b, s, v) in [(1, 2, 3), (2, 5, 17), (3, 4, 40)] {
+        let z = tensor(&[b, s, v], (b * s) as u64, 5.0).unwrap();
+        let t: Vec<u32> = (0..b * s).map(|i| ((i * 7 + 3) % v) as u32).collect();
+        let t = Tensor::from_vec(t, (b, s), &Device::Cpu).unwrap();
+        check("next_token_nll", &[z], |x, p| next_token_nll(&x[0], &t, p));
+    }
+}
+
+#[test]
 fn attention_without_gradients_matches_reference() {
     let dims = HeadDims { heads: 4, kv_heads: 2, head_dim: 6 };
     let tables = rope_tables(6, 500.0, 0, 5);
@@ -153,14 +163,17 @@ fn attention_without_gradients_matches_reference() {
 #[test]
 fn frozen_linear_gradient_matches_plain_matmul() {
     let x = Var::from_tensor(&tensor(&[2, 3, 5], 1, 1.0).unwrap()).unwrap();
-    let w = tensor(&[4, 5], 2, 1.0).unwrap();
     let probe = tensor(&[2, 3, 4], 3, 1.0).unwrap();
     let grad_of = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-    let fast = linear(x.as_tensor(), &w).unwrap();
-    let slow = linear_slow(x.as_tensor(), &w).unwrap();
-    assert_close("linear value", &fast, &slow);
-    let (gf, gs) = (grad_of(fast), grad_of(slow));
-    assert_close("linear grad", gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap());
+    // A dense weight and a row view with an offset into a packed one (as Q/K/V are stored).
+    let packed = tensor(&[7, 5], 2, 1.0).unwrap();
+    for w in [tensor(&[4, 5], 2, 1.0).unwrap(), packed.narrow(0, 2, 4).unwrap()] {
+        let fast = linear(x.as_tensor(), &w).unwrap();
+        let slow = linear_slow(x.as_tensor(), &w).unwrap();
+        assert_close("linear value", &fast, &slow);
+        let (gf, gs) = (grad_of(fast), grad_of(slow));
+        assert_close("linear grad", gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap());
+    }
 }
 
 #[test]
