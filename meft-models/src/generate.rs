@@ -132,8 +132,8 @@ pub fn generate(
     let mut out = Vec::new();
     while out.len() < config.max_new_tokens {
         let ids = Tensor::from_slice(&input, (1, input.len()), &device)?;
-        let logits = model.forward_cached(&ids, &mut cache, hook)?;
-        let last = logits.narrow(1, input.len() - 1, 1)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let logits = model.forward_cached_last(&ids, &mut cache, hook)?;
+        let last = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let token = sampler.sample(&last)?;
         out.push(token);
         let flow = on_token(token);

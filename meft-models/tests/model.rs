@@ -34,6 +34,23 @@ fn kv_cache_inference_equals_full_forward() {
 }
 
 #[test]
+fn last_position_head_equals_last_row_of_full_logits() {
+    for case in CASES {
+        let model = model(case, OpPath::Fused);
+        let toks = tokens(case);
+        let (mut full_cache, mut last_cache) = (KvCache::new(model.layers.len()), KvCache::new(model.layers.len()));
+        for (start, len) in [(0, 5), (5, 1)] {
+            let part = toks.narrow(1, start, len).unwrap();
+            let full = model.forward_cached(&part, &mut full_cache, &NoAdapters).unwrap();
+            let last = model.forward_cached_last(&part, &mut last_cache, &NoAdapters).unwrap();
+            let want = full.narrow(1, len - 1, 1).unwrap().squeeze(1).unwrap();
+            assert_rel_close(&format!("{case} last-position head"), &last, &want, 1e-5);
+        }
+        assert_eq!(last_cache.len(), full_cache.len());
+    }
+}
+
+#[test]
 fn fused_inference_equals_reference_training_forward() {
     for case in CASES {
         let toks = tokens(case);
