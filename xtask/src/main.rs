@@ -27,8 +27,19 @@ enum Command {
     Assets,
     /// The test command: prerequisites, assets, then the whole workspace test suite.
     Test,
-    /// Fetch assets, build the `meft` CLI and run a short demo on SmolLM2 (info, score, generate).
-    Reproduce,
+    /// Fetch assets and write paper/REPRODUCTION.md (args go to `meft reproduce`:
+    /// --profile smoke|default|full, --only <experiment>, ...).
+    Reproduce {
+        /// Arguments for `meft reproduce` (see `meft reproduce --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// MEFT ablation sweep: `cargo xtask ablate experts --values 1,4,16,64,256` (also k, p, c).
+    Ablate {
+        /// Arguments for `meft ablate` (see `meft ablate --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the criterion benches of every crate (`cargo bench --workspace`).
     Bench,
     /// Build the cuda-featured binaries with the pinned CUDA 13.0 pieces and pack them for the GPU machine.
@@ -40,7 +51,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Assets => assets::assets_command(),
         Command::Test => tasks::test(),
-        Command::Reproduce => tasks::reproduce(),
+        Command::Reproduce { args } => tasks::reproduce(&args),
+        Command::Ablate { args } => tasks::ablate(&args),
         Command::Bench => tasks::bench(),
         Command::GpuBundle => gpu_bundle::gpu_bundle(),
     };

@@ -1,11 +1,9 @@
-//! The top-level tasks: `test` (the CI command), `reproduce` (the main job; a short SmolLM2
-//! demo until the reproduction pipeline lands) and `bench`.
+//! The top-level tasks: `test` (the CI command), `reproduce` (the main job: the paper
+//! reproduction report), `ablate` (MEFT knob sweeps) and `bench`.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::bail;
-
-use crate::run::{cargo, loud, run, show, step};
+use crate::run::{cargo, loud, run, step};
 use crate::{assets, prereq};
 
 /// Threads for rayon in every child: the reference machine has 2 cores.
@@ -68,64 +66,53 @@ fn meft(args: &[&str]) -> Command {
     cmd
 }
 
-/// `cargo xtask reproduce`: for now a short demo of the real model through the CLI.
-pub fn reproduce() -> anyhow::Result<()> {
+/// `cargo xtask reproduce`: fetch the assets (or fall back to the synthetic task, loudly),
+/// build the CLI and run `meft reproduce` with `args` (`--profile`, `--only`, ...), which writes
+/// `paper/REPRODUCTION.md`, `paper/figures/` and `paper/results/`.
+pub fn reproduce(args: &[String]) -> anyhow::Result<()> {
     prereq::ensure()?;
-    if let Err(e) = assets::fetch() {
-        loud(&format!(
-            "NO ASSETS: the pinned model could not be fetched: {e:#}"
-        ));
-        return synthetic_fallback();
-    }
+    let offline = fetch_or_reason();
     step("building the meft CLI (release)");
     run(cargo().args(["build", "-p", "experiments", "--release", "--bin", "meft"]))?;
-    let model = "smollm2-135m-instruct";
-    step("meft info");
-    run(&mut meft(&["info", "--model", model]))?;
-    step("meft score (mean next-token NLL of one sentence)");
-    run(&mut meft(&[
-        "score",
-        "--model",
-        model,
-        "--text",
-        "The quick brown fox jumps over the lazy dog.",
-    ]))?;
-    step("meft generate (greedy, chat template)");
-    run(&mut meft(&[
-        "generate",
-        "--model",
-        model,
-        "--chat",
-        "--prompt",
-        "What is the capital of France?",
-    ]))?;
-    run(&mut meft(&[
-        "generate",
-        "--model",
-        model,
-        "--max-new-tokens",
-        "24",
-        "--prompt",
-        "The capital of France is",
-    ]))?;
-    eprintln!("\n    demo done; the full reproduction (paper tables) will replace this demo");
+    let mut all: Vec<&str> = vec!["reproduce"];
+    all.extend(args.iter().map(String::as_str));
+    if let Some(reason) = &offline {
+        all.extend(["--offline-reason", reason.as_str()]);
+    }
+    step("meft reproduce");
+    let secs = run(&mut meft(&all))?;
+    eprintln!("\n    reproduction done in {:.1} min; report: paper/REPRODUCTION.md", secs / 60.0);
     Ok(())
 }
 
-/// Without assets: runs the CLI's synthetic demo if it has one, else fails with the reason.
-fn synthetic_fallback() -> anyhow::Result<()> {
-    let mut probe = meft(&["synthetic", "--help"]);
-    probe.stdout(Stdio::null()).stderr(Stdio::null());
-    eprintln!("    probing for a synthetic demo: $ {}", show(&probe));
-    if probe.status().is_ok_and(|s| s.success()) {
-        loud("RUNNING THE SYNTHETIC DEMO (random tiny model), NOT the real SmolLM2 model");
-        run(&mut meft(&["synthetic"]))?;
-        return Ok(());
+/// `cargo xtask ablate <knob> --values a,b,c`: the MEFT ablation sweep of `meft ablate`.
+pub fn ablate(args: &[String]) -> anyhow::Result<()> {
+    prereq::ensure()?;
+    let offline = fetch_or_reason();
+    step("building the meft CLI (release)");
+    run(cargo().args(["build", "-p", "experiments", "--release", "--bin", "meft"]))?;
+    let mut all: Vec<&str> = vec!["ablate"];
+    all.extend(args.iter().map(String::as_str));
+    if let Some(reason) = &offline {
+        all.extend(["--offline-reason", reason.as_str()]);
     }
-    bail!(
-        "cannot reproduce without the pinned assets and the CLI offers no synthetic demo; \
-         check the network access of pip (see the error above) and run `cargo xtask reproduce` again"
-    )
+    step("meft ablate");
+    run(&mut meft(&all))?;
+    Ok(())
+}
+
+/// Fetches the assets; on failure says so loudly and returns the reason for the report.
+fn fetch_or_reason() -> Option<String> {
+    match assets::fetch() {
+        Ok(_) => None,
+        Err(e) => {
+            loud(&format!(
+                "NO ASSETS: the pinned model and data could not be fetched; running the SYNTHETIC \
+                 fallback (a random tiny model), which the report will state at the top.\n!! {e:#}"
+            ));
+            Some(format!("asset fetch failed: {}", format!("{e:#}").lines().next().unwrap_or("unknown error")))
+        }
+    }
 }
 
 /// `cargo xtask bench`: every criterion bench of the workspace.

@@ -144,7 +144,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.out {
         let metadata = RunMetadata {
             config_json,
-            git_revision: git_revision(),
+            git_revision: crate::repro::output::git_revision(),
             description: format!("meft eval on {}", dataset.name()),
         };
         let paths = write_outputs(dir, &metadata, &summary, &report, &generations)?;
@@ -274,24 +274,4 @@ fn load_adapter(
         manifest.model
     );
     Ok(adapter)
-}
-
-/// `git rev-parse HEAD` of the working directory, `-dirty` when it has changes; `unknown` outside
-/// a repository.
-fn git_revision() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(rev) if run(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) => {
-            format!("{rev}-dirty")
-        }
-        Some(rev) => rev,
-        None => "unknown".into(),
-    }
 }

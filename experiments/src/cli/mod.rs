@@ -1,4 +1,5 @@
-//! The `meft` command line: `score`, `generate` and `info` on any resolvable model.
+//! The `meft` command line: `score`, `generate`, `info`, `train`, `plan`, `eval`, `reproduce`
+//! and `ablate`.
 //!
 //! `--model` takes a pinned model name (`smollm2-135m-instruct`, fetched into the cache on first
 //! use), a `.gguf` file, or an HF directory; see `meft_models::resolve`. Machine-readable results
@@ -8,6 +9,7 @@ mod eval;
 mod generate;
 mod info;
 mod plan;
+mod reproduce;
 mod score;
 mod train;
 
@@ -48,6 +50,10 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Evaluate a model (and adapter) on a dataset by generation, or score a predictions file.
     Eval(eval::EvalArgs),
+    /// Run the paper-reproduction experiments and write paper/REPRODUCTION.md.
+    Reproduce(reproduce::ReproduceArgs),
+    /// Sweep one MEFT knob (experts, k, p, c) on experiment 1's setup.
+    Ablate(reproduce::AblateArgs),
 }
 
 /// Floating-point type the frozen weights are held in.
@@ -124,5 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
+        Command::Ablate(args) => reproduce::ablate(&args),
     }
 }

@@ -11,6 +11,7 @@ pub mod capacity;
 pub mod capture;
 pub mod experts;
 pub mod output;
+pub mod pipeline;
 pub mod plot;
 pub mod traffic;
 pub mod union;
