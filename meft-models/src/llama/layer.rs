@@ -66,9 +66,20 @@ pub struct DecoderLayer {
     pub(crate) eps: f64,
 }
 
-/// Projection of `x` by frozen `w` plus the adapter's additive term at `site`, if any.
-fn project(x: &Tensor, w: &Tensor, layer: usize, site: LinearSite, ctx: &LayerContext<'_>) -> Result<Tensor> {
-    let y = ops::linear(x, w)?;
+/// Projection of `x` by frozen `w` plus the adapter's additive term at `site`, if any, added
+/// onto the residual stream `residual` in the same op when given.
+fn project_onto(
+    x: &Tensor,
+    w: &Tensor,
+    residual: Option<&Tensor>,
+    layer: usize,
+    site: LinearSite,
+    ctx: &LayerContext<'_>,
+) -> Result<Tensor> {
+    let y = match residual {
+        Some(h) => ops::linear_residual(x, w, h)?,
+        None => ops::linear(x, w)?,
+    };
     match ctx.hook.linear(layer, site, x)? {
         Some(extra) => y + extra,
         None => Ok(y),
@@ -100,7 +111,7 @@ impl DecoderLayer {
         cache: Option<&mut Option<KvPair>>,
     ) -> Result<(Tensor, Tensor)> {
         let x = ops::rms_norm(h, &self.input_layernorm, self.eps, ctx.path)?;
-        let h_mid = (h + self.self_attn.forward(&x, self.index, ctx, cache)?)?;
+        let h_mid = self.self_attn.forward_onto(&x, Some(h), self.index, ctx, cache)?;
         let x_ffn = ops::rms_norm(&h_mid, &self.post_attention_layernorm, self.eps, ctx.path)?;
         Ok((h_mid, x_ffn))
     }
@@ -110,11 +121,11 @@ impl DecoderLayer {
     /// # Shapes
     /// `h_mid`, `x_ffn`: `(batch, seq, hidden)`; result likewise.
     pub fn ffn_residual(&self, h_mid: &Tensor, x_ffn: &Tensor, ctx: &LayerContext<'_>) -> Result<Tensor> {
-        let mut out = self.mlp.forward(x_ffn, self.index, ctx)?;
-        if let Some(extra) = ctx.hook.ffn(self.index, x_ffn)? {
-            out = (out + extra)?;
+        let out = self.mlp.forward_onto(x_ffn, Some(h_mid), self.index, ctx)?;
+        match ctx.hook.ffn(self.index, x_ffn)? {
+            Some(extra) => out + extra,
+            None => Ok(out),
         }
-        h_mid + out
     }
 }
 
@@ -130,10 +141,15 @@ impl Mlp {
     /// # Shapes
     /// `x`: `(batch, seq, hidden)`; result likewise.
     pub fn forward(&self, x: &Tensor, layer: usize, ctx: &LayerContext<'_>) -> Result<Tensor> {
+        self.forward_onto(x, None, layer, ctx)
+    }
+
+    /// [`Mlp::forward`] added onto `residual` by the down projection itself, when given.
+    fn forward_onto(&self, x: &Tensor, residual: Option<&Tensor>, layer: usize, ctx: &LayerContext<'_>) -> Result<Tensor> {
         let sites = [(&self.gate_proj, LinearSite::Gate), (&self.up_proj, LinearSite::Up)];
         let gate_up = self.gate_up.project(x, sites, layer, ctx)?;
         let act = ops::swiglu(&gate_up, ctx.path)?;
-        project(&act, &self.down_proj, layer, LinearSite::Down, ctx)
+        project_onto(&act, &self.down_proj, residual, layer, LinearSite::Down, ctx)
     }
 }
 
@@ -152,6 +168,18 @@ impl SelfAttention {
         ctx: &LayerContext<'_>,
         cache: Option<&mut Option<KvPair>>,
     ) -> Result<Tensor> {
+        self.forward_onto(x, None, layer, ctx, cache)
+    }
+
+    /// [`SelfAttention::forward`] added onto `residual` by the output projection, when given.
+    fn forward_onto(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        layer: usize,
+        ctx: &LayerContext<'_>,
+        cache: Option<&mut Option<KvPair>>,
+    ) -> Result<Tensor> {
         let sites = [(&self.q_proj, LinearSite::Query), (&self.k_proj, LinearSite::Key), (&self.v_proj, LinearSite::Value)];
         let qkv = self.qkv.project(x, sites, layer, ctx)?;
         let mut kv = ops::kv_heads(&qkv, &ctx.rope, self.rope_layout, self.dims, ctx.path)?;
@@ -162,7 +190,7 @@ impl SelfAttention {
             *entry = Some((kv.get(0)?, kv.get(1)?));
         }
         let out = ops::attention(&qkv, &kv, &ctx.rope, self.rope_layout, self.dims, ctx.mask, ctx.path)?;
-        project(&out, &self.o_proj, layer, LinearSite::Output, ctx)
+        project_onto(&out, &self.o_proj, residual, layer, LinearSite::Output, ctx)
     }
 }
 

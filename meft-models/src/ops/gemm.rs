@@ -37,13 +37,31 @@ impl Mat {
     }
 }
 
+/// What a product does with the destination's previous contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dst {
+    /// `dst = scale · a·b`.
+    Overwrite,
+    /// `dst += scale · a·b`.
+    Accumulate,
+}
+
 /// `dst = scale · a·b`, overwriting `dst`.
 ///
 /// # Errors
 /// Mismatched shapes, or a matrix that does not fit its slice.
-pub(super) fn matmul(
+pub(super) fn matmul(dst: &mut [f32], d: Mat, a: (&[f32], Mat), b: (&[f32], Mat), scale: f32, par: Parallelism) -> Result<()> {
+    matmul_into(dst, d, Dst::Overwrite, a, b, scale, par)
+}
+
+/// `dst (=|+=) scale · a·b` as `mode` says.
+///
+/// # Errors
+/// Mismatched shapes, or a matrix that does not fit its slice.
+pub(super) fn matmul_into(
     dst: &mut [f32],
     d: Mat,
+    mode: Dst,
     (a, ma): (&[f32], Mat),
     (b, mb): (&[f32], Mat),
     scale: f32,
@@ -59,6 +77,9 @@ pub(super) fn matmul(
         return Ok(());
     }
     if ma.cols == 0 {
+        if mode == Dst::Accumulate {
+            return Ok(());
+        }
         for r in 0..d.rows {
             for c in 0..d.cols {
                 dst[r * d.rs + c * d.cs] = 0.0;
@@ -67,8 +88,8 @@ pub(super) fn matmul(
         return Ok(());
     }
     // SAFETY: the three matrices were checked to lie inside their slices (`fits`), the shapes
-    // agree, and `dst` is a unique borrow that cannot alias `a` or `b`. With `read_dst = false`
-    // the destination is only written.
+    // agree, and `dst` is a unique borrow that cannot alias `a` or `b`; it is read only when
+    // accumulating, and then every element it covers is initialised (it is a slice).
     unsafe {
         gemm::gemm(
             d.rows,
@@ -77,14 +98,14 @@ pub(super) fn matmul(
             dst.as_mut_ptr(),
             d.cs as isize,
             d.rs as isize,
-            false,
+            mode == Dst::Accumulate,
             a.as_ptr(),
             ma.cs as isize,
             ma.rs as isize,
             b.as_ptr(),
             mb.cs as isize,
             mb.rs as isize,
-            0.0,
+            if mode == Dst::Accumulate { 1.0 } else { 0.0 },
             scale,
             false,
             false,

@@ -12,7 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layo
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat, Parallelism};
+use super::gemm::{matmul, matmul_into, Dst, Mat, Parallelism};
 use crate::config::RopeLayout;
 
 /// Rows below this many elements in total are processed on the calling thread.
@@ -461,6 +461,52 @@ impl CustomOp2 for FrozenLinear {
 
     fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(g.broadcast_matmul(w)?), None))
+    }
+}
+
+/// `h + x·Wᵀ` of f32 `x` `(..., in)`, frozen `W` `(out, in)` and a residual `h` `(..., out)`,
+/// the product accumulated straight onto a copy of `h`; the backward sends `g·W` to `x`, `g` to
+/// `h` and nothing to the weight.
+pub(super) struct FrozenLinearResidual;
+
+impl CustomOp3 for FrozenLinearResidual {
+    fn name(&self) -> &'static str {
+        "meft-frozen-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (Some((a1, b1)), Some((a2, b2)), Some((a3, b3))) =
+            (l1.contiguous_offsets(), l2.contiguous_offsets(), l3.contiguous_offsets())
+        else {
+            bail!("frozen-linear-residual: inputs must be contiguous")
+        };
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(h)) = (s1, s2, s3) else {
+            bail!("frozen-linear-residual: f32 inputs only")
+        };
+        let (x, w, h) = (&x[a1..b1], &w[a2..b2], &h[a3..b3]);
+        let &[out_dim, in_dim] = l2.dims() else { bail!("frozen-linear-residual: weight must be 2-d") };
+        let rows = x.len() / in_dim.max(1);
+        if last_dim(l1) != in_dim || h.len() != rows * out_dim {
+            bail!("frozen-linear-residual: x {:?}, weight {:?} and residual {:?} disagree", l1.dims(), l2.dims(), l3.dims())
+        }
+        let mut y = h.to_vec();
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        let (xm, wm) = (Mat::dense(rows, in_dim), Mat::dense(out_dim, in_dim).t());
+        matmul_into(&mut y, Mat::dense(rows, out_dim), Dst::Accumulate, (x, xm), (w, wm), 1.0, par)?;
+        Ok((CpuStorage::F32(y), l3.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _h: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.broadcast_matmul(w)?), None, Some(g.clone())))
     }
 }
 

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 pub use attention::HeadDims;
 use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
 pub use kernels::RopeTables;
-use kernels::{CausalMask, CrossEntropy, LogitRows, FrozenLinear, FrozenLinearGrad, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
+use kernels::{CausalMask, CrossEntropy, FrozenLinear, FrozenLinearGrad, FrozenLinearResidual, LogitRows, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
 
 use crate::config::RopeLayout;
 
@@ -282,6 +282,24 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     let y = x.detach().broadcast_matmul(&w.t()?)?;
     x.apply_op2(&y, FrozenLinearGrad { weight: w.clone() })
+}
+
+/// `h + x·Wᵀ` for a frozen weight `W` (a projection back onto the residual stream): one graph
+/// node instead of a linear and an add. Same gradients as [`linear`] plus the identity to `h`.
+///
+/// # Shapes
+/// `x`: `(..., in)`, `w`: `(out, in)`, `h`: `(..., out)`; result like `h`.
+pub fn linear_residual(x: &Tensor, w: &Tensor, h: &Tensor) -> Result<Tensor> {
+    let f32_cpu = x.device().is_cpu() && [x.dtype(), w.dtype(), h.dtype()].iter().all(|&d| d == DType::F32);
+    if !f32_cpu || w.track_op() {
+        return linear_residual_slow(x, w, h);
+    }
+    x.contiguous()?.apply_op3(&w.contiguous()?, &h.contiguous()?, FrozenLinearResidual)
+}
+
+/// Reference form of [`linear_residual`].
+pub fn linear_residual_slow(x: &Tensor, w: &Tensor, h: &Tensor) -> Result<Tensor> {
+    h + linear_slow(x, w)?
 }
 
 /// Reference form of [`linear`]: the plain matmul (computes the weight gradient too).

@@ -176,6 +176,21 @@ fn frozen_linear_gradient_matches_plain_matmul() {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn linear_residual_matches_reference(rows in 1usize..7, d_in in 1usize..30, d_out in 1usize..40, seed in 0u64..1000) {
+        let w = tensor(&[d_out, d_in], seed + 1, 1.0).unwrap();
+        let x = tensor(&[1, rows, d_in], seed, 1.0).unwrap();
+        let h = tensor(&[1, rows, d_out], seed + 2, 1.0).unwrap();
+        check("linear_residual", &[x, h], |t, p| match p {
+            OpPath::Fused => linear_residual(&t[0], &w, &t[1]),
+            OpPath::Reference => linear_residual_slow(&t[0], &w, &t[1]),
+        });
+    }
+}
+
 #[test]
 fn rope_inverse_undoes_rotation() {
     let tables = rope_tables(8, 500.0, 3, 4);
