@@ -81,7 +81,8 @@ pub fn write_h5(
     Ok(format!("results/{name}.h5"))
 }
 
-/// `git rev-parse HEAD` (`-dirty` when the tree has changes); `unknown` outside a repository.
+/// `git rev-parse HEAD` (`-dirty` when tracked files have changes; untracked files such as fresh
+/// outputs do not count); `unknown` outside a repository.
 pub fn git_revision() -> String {
     let run = |args: &[&str]| {
         std::process::Command::new("git")
@@ -92,7 +93,7 @@ pub fn git_revision() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     match run(&["rev-parse", "HEAD"]) {
-        Some(rev) if run(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) => {
+        Some(rev) if run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) => {
             format!("{rev}-dirty")
         }
         Some(rev) => rev,

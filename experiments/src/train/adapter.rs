@@ -55,6 +55,10 @@ pub trait TrainableAdapter {
     /// Only the adapter parameters (for export).
     fn export(&self) -> Result<StateMap>;
 
+    /// Restarts dropout at `seed` before a training forward (so a resumed run draws the same
+    /// masks); a no-op for adapters without dropout.
+    fn reseed(&self, _seed: u64) {}
+
     /// The transfer ledger of an offloaded adapter (MEFT); `None` for device adapters.
     fn ledger(&self) -> Option<&meft_offload::Ledger> {
         None
@@ -114,6 +118,10 @@ impl<A: AdapterHook + Trainable> TrainableAdapter for DeviceTrainable<A> {
     }
 
     fn discard_forward(&self) {}
+
+    fn reseed(&self, seed: u64) {
+        self.adapter.reseed_dropout(seed);
+    }
 
     fn grad_sq_norm(&self) -> Result<f64> {
         let mut total = 0.0;

@@ -192,7 +192,8 @@ impl Trainer {
         let lr = lr_at(self.step, self.total_steps, self.plan.adamw.lr, self.plan.warmup, self.plan.decay);
         self.adapter.set_phase(Phase::Train);
         let (mut loss_sum, mut tokens) = (0.0, 0usize);
-        for _ in 0..accum {
+        for m in 0..accum {
+            self.adapter.reseed(dropout_seed(self.plan.raw.seed, self.step, m));
             let idx = data::next_batch(&mut self.pos, self.data.train.len(), micro, self.plan.raw.seed);
             let seqs: Vec<&Sequence> = idx.iter().map(|&i| &self.data.train[i]).collect();
             let (x, _) = data::collate(&seqs, &Device::Cpu)?;
@@ -362,6 +363,12 @@ fn load_data(plan: &TrainPlan, frozen: &build::Frozen) -> Result<Data> {
         bail!("dataset `{}` has no training example after the split (held_out = {})", cfg.name, cfg.held_out);
     }
     Ok(Data { train, held_out })
+}
+
+/// The dropout seed of micro-batch `micro` of optimizer step `step` (a function of the position
+/// alone, so a resumed run draws the masks an uninterrupted one would).
+fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (step << 20) ^ micro as u64
 }
 
 /// Which split a prefix cache or an evaluation refers to (indexes `Trainer::prefix`).

@@ -36,4 +36,8 @@ pub trait Trainable {
     fn param_count(&self) -> usize {
         self.vars().iter().map(|(_, v)| v.elem_count()).sum()
     }
+
+    /// Restarts the adapter's dropout stream at `seed`: the masks of the following forward
+    /// depend on `seed` alone, so a resumed run draws the same masks (no-op without dropout).
+    fn reseed_dropout(&self, _seed: u64) {}
 }
