@@ -5,18 +5,10 @@
 
 use std::path::Path;
 
-use experiments::repro::{Context, DataSource, Profile, Section, capture, experts, traffic, union};
+use experiments::repro::{Context, Profile, Section, capture, experts, traffic, union};
 
 fn context(dir: &Path) -> Context {
-    Context {
-        profile: Profile::Smoke,
-        source: DataSource::Synthetic {
-            reason: "hermetic test".into(),
-        },
-        paper_dir: dir.join("paper"),
-        runs_dir: dir.join("runs"),
-        seed: 7,
-    }
+    Context { seed: 7, ..Context::synthetic_in(dir, Profile::Smoke, "hermetic test") }
 }
 
 /// The shared checks on a section: a markdown table, figure and HDF5 files that exist.

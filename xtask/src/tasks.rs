@@ -70,35 +70,30 @@ fn meft(args: &[&str]) -> Command {
 /// build the CLI and run `meft reproduce` with `args` (`--profile`, `--only`, ...), which writes
 /// `paper/REPRODUCTION.md`, `paper/figures/` and `paper/results/`.
 pub fn reproduce(args: &[String]) -> anyhow::Result<()> {
-    prereq::ensure()?;
-    let offline = fetch_or_reason();
-    step("building the meft CLI (release)");
-    run(cargo().args(["build", "-p", "experiments", "--release", "--bin", "meft"]))?;
-    let mut all: Vec<&str> = vec!["reproduce"];
-    all.extend(args.iter().map(String::as_str));
-    if let Some(reason) = &offline {
-        all.extend(["--offline-reason", reason.as_str()]);
-    }
-    step("meft reproduce");
-    let secs = run(&mut meft(&all))?;
+    let secs = fetch_build_and_run("reproduce", args)?;
     eprintln!("\n    reproduction done in {:.1} min; report: paper/REPRODUCTION.md", secs / 60.0);
     Ok(())
 }
 
 /// `cargo xtask ablate <knob> --values a,b,c`: the MEFT ablation sweep of `meft ablate`.
 pub fn ablate(args: &[String]) -> anyhow::Result<()> {
+    fetch_build_and_run("ablate", args).map(|_| ())
+}
+
+/// Prerequisites, assets (or the offline reason), a release build of the CLI, then
+/// `meft <command> <args>`; returns the command's seconds.
+fn fetch_build_and_run(command: &str, args: &[String]) -> anyhow::Result<f64> {
     prereq::ensure()?;
     let offline = fetch_or_reason();
     step("building the meft CLI (release)");
     run(cargo().args(["build", "-p", "experiments", "--release", "--bin", "meft"]))?;
-    let mut all: Vec<&str> = vec!["ablate"];
+    let mut all: Vec<&str> = vec![command];
     all.extend(args.iter().map(String::as_str));
     if let Some(reason) = &offline {
         all.extend(["--offline-reason", reason.as_str()]);
     }
-    step("meft ablate");
-    run(&mut meft(&all))?;
-    Ok(())
+    step(&format!("meft {command}"));
+    run(&mut meft(&all))
 }
 
 /// Fetches the assets; on failure says so loudly and returns the reason for the report.

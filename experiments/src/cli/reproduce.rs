@@ -15,6 +15,14 @@ pub struct ReproduceArgs {
     /// Run only these experiments (repeatable); the report keeps the others' saved sections.
     #[arg(long, value_enum)]
     pub only: Vec<ExperimentId>,
+    /// Output places, seed and data source.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What `meft reproduce` and `meft ablate` share.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     /// Where the report, figures and results go.
     #[arg(long, default_value = "paper")]
     pub paper_dir: PathBuf,
@@ -24,8 +32,8 @@ pub struct ReproduceArgs {
     /// Seed of every run.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Use the synthetic fallback and state this reason in the report (set by `cargo xtask
-    /// reproduce` when the asset fetch failed).
+    /// Use the synthetic fallback and state this reason in the report (set by `cargo xtask`
+    /// when the asset fetch failed).
     #[arg(long)]
     pub offline_reason: Option<String>,
 }
@@ -37,14 +45,13 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
     for id in &args.only {
         command += &format!(" --only {}", id.name());
     }
-    let runs_dir = args.runs_dir.join(profile.as_str().unwrap_or("runs"));
     let opts = Options {
         profile: args.profile,
         only: args.only.clone(),
-        paper_dir: args.paper_dir.clone(),
-        runs_dir,
-        seed: args.seed,
-        offline_reason: args.offline_reason.clone(),
+        paper_dir: args.run.paper_dir.clone(),
+        runs_dir: args.run.runs_dir.join(profile.as_str().unwrap_or("runs")),
+        seed: args.run.seed,
+        offline_reason: args.run.offline_reason.clone(),
         command,
     };
     let path = pipeline::reproduce(&opts)?;
@@ -67,28 +74,19 @@ pub struct AblateArgs {
     /// Peak learning rate of every run.
     #[arg(long, default_value_t = 1e-2)]
     pub lr: f64,
-    /// Where results and figures go.
-    #[arg(long, default_value = "paper")]
-    pub paper_dir: PathBuf,
-    /// Scratch space for training runs.
-    #[arg(long, default_value = "target/meft-runs")]
-    pub runs_dir: PathBuf,
-    /// Seed of every run.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Use the synthetic fallback and state this reason.
-    #[arg(long)]
-    pub offline_reason: Option<String>,
+    /// Output places, seed and data source.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Runs `meft ablate`; prints the markdown table on stdout.
 pub fn ablate(args: &AblateArgs) -> anyhow::Result<()> {
     let ctx = crate::repro::Context {
         profile: args.profile,
-        source: pipeline::data_source(args.offline_reason.clone()),
-        paper_dir: args.paper_dir.clone(),
-        runs_dir: args.runs_dir.join("ablate"),
-        seed: args.seed,
+        source: pipeline::data_source(args.run.offline_reason.clone()),
+        paper_dir: args.run.paper_dir.clone(),
+        runs_dir: args.run.runs_dir.join("ablate"),
+        seed: args.run.seed,
     };
     if let crate::repro::DataSource::Synthetic { reason } = &ctx.source {
         eprintln!("!!! SYNTHETIC FALLBACK: {reason}");

@@ -92,18 +92,12 @@ pub fn ablate(ctx: &Context, knob: Knob, values: &[usize], lr: f64) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repro::{DataSource, Profile};
+    use crate::repro::Profile;
 
     #[test]
     fn a_synthetic_sweep_writes_its_table_and_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context {
-            profile: Profile::Smoke,
-            source: DataSource::Synthetic { reason: "test".into() },
-            paper_dir: dir.path().join("paper"),
-            runs_dir: dir.path().join("runs"),
-            seed: 0,
-        };
+        let ctx = Context::synthetic_in(dir.path(), Profile::Smoke, "test");
         let table = ablate(&ctx, Knob::K, &[1, 4], 1e-2).expect("sweep");
         assert_eq!(table.lines().count(), 4, "{table}");
         assert!(ctx.results_dir().join("ablate-k.json").is_file());

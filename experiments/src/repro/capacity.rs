@@ -387,13 +387,7 @@ mod tests {
     #[test]
     fn synthetic_smoke_run_reports_every_method() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context {
-            profile: Profile::Smoke,
-            source: DataSource::Synthetic { reason: "test".into() },
-            paper_dir: dir.path().join("paper"),
-            runs_dir: dir.path().join("runs"),
-            seed: 0,
-        };
+        let ctx = Context::synthetic_in(dir.path(), Profile::Smoke, "test");
         let s = run(&ctx).expect("experiment 1");
         let best = s.results["best"].as_array().expect("best");
         let methods: Vec<&str> = best.iter().filter_map(|r| r["method"].as_str()).collect();

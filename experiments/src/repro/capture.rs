@@ -243,15 +243,7 @@ mod tests {
     #[test]
     fn synthetic_capture_has_one_row_per_token() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = Context {
-            profile: super::super::Profile::Smoke,
-            source: DataSource::Synthetic {
-                reason: "test".into(),
-            },
-            paper_dir: dir.path().into(),
-            runs_dir: dir.path().join("runs"),
-            seed: 3,
-        };
+        let ctx = Context { seed: 3, ..Context::synthetic_in(dir.path(), super::super::Profile::Smoke, "test") };
         let c = capture(&ctx, 5).unwrap();
         assert_eq!(c.seq_lens, vec![8; 5]);
         assert_eq!(c.rows_of(1, 2), 8..24);

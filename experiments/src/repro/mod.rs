@@ -93,6 +93,18 @@ pub struct Context {
 }
 
 impl Context {
+    /// The synthetic-fallback context writing under `dir` (`paper/`, `runs/`), seed 0: what the
+    /// pipeline's own tests run on.
+    pub fn synthetic_in(dir: &std::path::Path, profile: Profile, reason: &str) -> Self {
+        Self {
+            profile,
+            source: DataSource::Synthetic { reason: reason.into() },
+            paper_dir: dir.join("paper"),
+            runs_dir: dir.join("runs"),
+            seed: 0,
+        }
+    }
+
     /// `paper/figures/`.
     pub fn figures_dir(&self) -> PathBuf {
         self.paper_dir.join("figures")
