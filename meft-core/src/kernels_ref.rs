@@ -125,7 +125,7 @@ pub fn place_rows_ref(staged: &[f32], row_len: usize, slots: &[u32], dst: &mut [
         let (expected, got) = (slots.len() * row_len, staged.len());
         return Err(RowsError::LengthMismatch { field: "staged", expected, got, row_len });
     }
-    if dst.len() % row_len != 0 {
+    if !dst.len().is_multiple_of(row_len) {
         return Err(RowsError::NotWholeRows { field: "dst", len: dst.len(), row_len });
     }
     let n_rows = dst.len() / row_len;
@@ -146,11 +146,11 @@ pub fn place_rows_ref(staged: &[f32], row_len: usize, slots: &[u32], dst: &mut [
 pub fn sparse_pairs_forward_ref(x: &[f32], keys: &[f32], values: &[f32], pairs: &SparsePairs, d: usize) -> (Vec<f32>, Vec<f32>) {
     let mut y = vec![0.0f32; pairs.tokens() * d];
     let mut kx = vec![0.0f32; pairs.len()];
-    for p in 0..pairs.len() {
+    for (p, kx_p) in kx.iter_mut().enumerate() {
         let (t, r) = (pairs.pair_token[p] as usize, pairs.pair_row[p] as usize);
         let xt = &x[t * d..(t + 1) * d];
         let dot: f32 = keys[r * d..(r + 1) * d].iter().zip(xt).map(|(a, b)| a * b).sum();
-        kx[p] = dot;
+        *kx_p = dot;
         let a = (dot * pairs.pair_gate[p]).max(0.0);
         for (yo, v) in y[t * d..(t + 1) * d].iter_mut().zip(&values[r * d..(r + 1) * d]) {
             *yo += a * v;
@@ -180,13 +180,13 @@ pub fn sparse_pairs_backward_ref(x: &[f32], keys: &[f32], values: &[f32], pairs:
         dvalues: vec![0.0; values.len()],
         dgate: vec![0.0; pairs.len()],
     };
-    for p in 0..pairs.len() {
+    for (p, &kx_p) in kx.iter().enumerate().take(pairs.len()) {
         let (t, r, gate) = (pairs.pair_token[p] as usize, pairs.pair_row[p] as usize, pairs.pair_gate[p]);
         let dyt = &dy[t * d..(t + 1) * d];
         let da: f32 = dyt.iter().zip(&values[r * d..(r + 1) * d]).map(|(a, b)| a * b).sum();
-        let s = kx[p] * gate;
+        let s = kx_p * gate;
         let ds = if s > 0.0 { da } else { 0.0 };
-        g.dgate[p] = ds * kx[p];
+        g.dgate[p] = ds * kx_p;
         for j in 0..d {
             g.dkeys[r * d + j] += ds * gate * x[t * d + j];
             g.dx[t * d + j] += ds * gate * keys[r * d + j];

@@ -77,7 +77,7 @@ impl SparseInputs<'_> {
     /// Checks every length against `pairs` and `d`.
     pub fn validate(&self) -> Result<()> {
         let (t, d) = (self.pairs.tokens(), self.d);
-        let u = if d == 0 { 0 } else { self.keys.len() / d };
+        let u = self.keys.len().checked_div(d).unwrap_or(0);
         let check = |field, expected: usize, got: usize| {
             if expected == got { Ok(()) } else { Err(KernelError::Length { field, expected, got }) }
         };

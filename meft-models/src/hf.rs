@@ -162,11 +162,10 @@ fn parse_architecture(f: &Fields<'_>) -> Result<Architecture, ModelError> {
 
 /// Rejects options that would change the maths this model implements.
 fn check_supported(f: &Fields<'_>) -> Result<(), ModelError> {
-    if let Some(act) = f.get("hidden_act").and_then(Value::as_str) {
-        if act != "silu" {
+    if let Some(act) = f.get("hidden_act").and_then(Value::as_str)
+        && act != "silu" {
             return Err(f.err("hidden_act", format!("`{act}` is not supported; only silu (SwiGLU)")));
         }
-    }
     for field in ["attention_bias", "mlp_bias"] {
         if f.opt_bool(field)? == Some(true) {
             return Err(f.err(field, "biases are not supported; set it to false"));
@@ -187,11 +186,10 @@ fn rope_theta(f: &Fields<'_>) -> Result<f64, ModelError> {
         .as_object()
         .ok_or_else(|| f.err("rope_parameters", "expected an object"))?;
     let inner = Fields { file: f.file, obj };
-    if let Some(kind) = inner.get("rope_type").and_then(Value::as_str) {
-        if kind != "default" {
+    if let Some(kind) = inner.get("rope_type").and_then(Value::as_str)
+        && kind != "default" {
             return Err(f.err("rope_parameters.rope_type", format!("`{kind}` is not supported; only default RoPE")));
         }
-    }
     Ok(inner.opt_f64("rope_theta")?.unwrap_or(10_000.0))
 }
 

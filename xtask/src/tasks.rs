@@ -71,7 +71,7 @@ fn meft(args: &[&str]) -> Command {
 /// `paper/REPRODUCTION.md`, `paper/figures/` and `paper/results/`.
 pub fn reproduce(args: &[String]) -> anyhow::Result<()> {
     let secs = fetch_build_and_run("reproduce", args)?;
-    eprintln!("\n    reproduction done in {:.1} min; report: paper/REPRODUCTION.md", secs / 60.0);
+    eprintln!("\n    reproduction done in {:.1} min (the report path is printed above)", secs / 60.0);
     Ok(())
 }
 

@@ -156,7 +156,7 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
         "gb" => 1e9,
         _ => return None,
     };
-    (n >= 0.0 && n.is_finite()).then(|| (n * mult) as u64)
+    (n >= 0.0 && n.is_finite()).then_some((n * mult) as u64)
 }
 
 #[cfg(test)]

@@ -253,7 +253,7 @@ fn meft_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWCon
         0 => return Err(invalid("meft.expert_factor", format!("= {} must be > 0", r.expert_factor), "use 0.25 (N = 4·√M) or set meft.experts")),
         n => n,
     };
-    if m % experts != 0 {
+    if !m.is_multiple_of(experts) {
         let near: Vec<usize> = (m.saturating_sub(4 * experts)..=m + 4 * experts).filter(|v| *v > 0 && v % experts == 0).take(6).collect();
         return Err(invalid("meft.experts", format!("N = {experts} does not divide M = {m}"), format!("pick M among {near:?} or set meft.experts to a divisor of M")));
     }

@@ -49,7 +49,7 @@ pub(super) struct RopeSpec {
 /// `(batch, seq)` of a packed `qkv` layout, checked against the head dims.
 fn qkv_dims(l: &Layout, dims: HeadDims, rope: &RopeSpec) -> Result<(usize, usize)> {
     let &[b, s, w] = l.dims() else { bail!("attention: qkv must be (batch, seq, width), got {:?}", l.dims()) };
-    if w != dims.qkv_width() || dims.kv_heads == 0 || dims.heads % dims.kv_heads != 0 {
+    if w != dims.qkv_width() || dims.kv_heads == 0 || !dims.heads.is_multiple_of(dims.kv_heads) {
         bail!("attention: qkv width {w} does not match {dims:?}")
     }
     if s != rope.tables.seq || dims.head_dim != 2 * rope.tables.half {

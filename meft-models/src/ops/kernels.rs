@@ -375,7 +375,7 @@ impl CustomOp1 for SwiGlu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, self.name())?;
         let w = last_dim(l);
-        if w % 2 != 0 {
+        if !w.is_multiple_of(2) {
             bail!("swiglu: packed width {w} is odd")
         }
         let f = w / 2;
