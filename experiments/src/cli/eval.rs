@@ -144,7 +144,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.out {
         let metadata = RunMetadata {
             config_json,
-            git_revision: crate::repro::output::git_revision(),
+            git_revision: meft_eval::results::git_revision(),
             description: format!("meft eval on {}", dataset.name()),
         };
         let paths = write_outputs(dir, &metadata, &summary, &report, &generations)?;

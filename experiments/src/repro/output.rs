@@ -4,7 +4,7 @@
 
 use anyhow::{Context as _, Result};
 use meft_eval::h5::{Column, ColumnValues, Table, write_tables};
-use meft_eval::results::RunMetadata;
+use meft_eval::results::{RunMetadata, git_revision};
 
 use super::{Context, DataSource, Profile};
 
@@ -79,26 +79,6 @@ pub fn write_h5(
     write_tables(&path, &metadata, tables)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(format!("results/{name}.h5"))
-}
-
-/// `git rev-parse HEAD` (`-dirty` when tracked files have changes; untracked files such as fresh
-/// outputs do not count); `unknown` outside a repository.
-pub fn git_revision() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(rev) if run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) => {
-            format!("{rev}-dirty")
-        }
-        Some(rev) => rev,
-        None => "unknown".into(),
-    }
 }
 
 /// `bytes` in MiB with two decimals.

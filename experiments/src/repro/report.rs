@@ -50,7 +50,7 @@ pub fn save(ctx: &Context, section: &Section) -> Result<PathBuf> {
         wall_seconds: section.wall_seconds,
         profile: serde_json::to_value(ctx.profile)?.as_str().unwrap_or("?").into(),
         source: source_text(&ctx.source),
-        git_revision: super::output::git_revision(),
+        git_revision: meft_eval::results::git_revision(),
         date: utc_date(std::time::SystemTime::now()),
     };
     let path = ctx.results_dir().join(format!("{}.json", saved.name));
@@ -105,7 +105,7 @@ pub fn write(ctx: &Context, total_seconds: f64, command: &str) -> Result<PathBuf
              says anything about the paper's claims. Fix the asset fetch and run `cargo xtask reproduce` again.\n"
         );
     }
-    let _ = writeln!(md, "Written by `{command}` (meft {}, revision `{}`).\n", env!("CARGO_PKG_VERSION"), super::output::git_revision());
+    let _ = writeln!(md, "Written by `{command}` (meft {}, revision `{}`).\n", env!("CARGO_PKG_VERSION"), meft_eval::results::git_revision());
     let _ = writeln!(md, "- **Machine:** {}; no accelerator (the device is simulated: a byte budget on CPU tensors, link time modelled).", machine());
     let profile = serde_json::to_value(ctx.profile)?;
     let _ = writeln!(md, "- **Profile:** `{}`; wall time of this invocation {:.1} min.", profile.as_str().unwrap_or("?"), total_seconds / 60.0);

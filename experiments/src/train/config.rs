@@ -263,12 +263,13 @@ pub struct RawOptim {
 
 impl Default for RawOptim {
     fn default() -> Self {
+        let adamw = meft_core::optim::AdamWConfig::default();
         Self {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
+            lr: adamw.lr,
+            beta1: adamw.beta1,
+            beta2: adamw.beta2,
+            eps: adamw.eps,
+            weight_decay: adamw.weight_decay,
             warmup: 0.02,
             decay: "linear".into(),
             clip: 1.0,

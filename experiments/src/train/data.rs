@@ -8,9 +8,9 @@
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use meft_eval::{ChatMessage, ChatTemplate as EvalTemplate, Dataset, Example, LossMask, SplitConfig};
+use meft_eval::{Dataset, Example, LossMask, SplitConfig};
 use meft_models::Tokenizer;
-use meft_models::chat::{ChatTemplate, Message, Role};
+use meft_models::chat::ChatTemplate;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -65,37 +65,12 @@ pub fn synthetic(facts: usize, vocab: usize, seed: u64, mask: LossMask) -> Resul
         .collect())
 }
 
-/// The model's chat template as a meft-eval [`EvalTemplate`].
-struct Template<'a>(&'a ChatTemplate);
-
-impl EvalTemplate for Template<'_> {
-    fn prompt(&self, messages: &[ChatMessage]) -> String {
-        let msgs: Vec<Message> = messages
-            .iter()
-            .map(|m| Message {
-                role: match m.role {
-                    meft_eval::Role::System => Role::System,
-                    meft_eval::Role::User => Role::User,
-                    meft_eval::Role::Assistant => Role::Assistant,
-                    meft_eval::Role::Tool => Role::Tool,
-                },
-                content: m.content.clone(),
-            })
-            .collect();
-        self.0.render(&msgs)
-    }
-
-    fn completion(&self, reply: &str) -> String {
-        self.0.completion(reply)
-    }
-}
-
 /// Tokenises `examples` through `chat`.
 pub fn tokenise(examples: &[Example], tok: &Tokenizer, chat: &ChatTemplate, mask: LossMask, max_len: usize) -> Result<Vec<Sequence>> {
     examples
         .iter()
         .map(|e| {
-            let r = meft_eval::render(e, &Template(chat));
+            let r = meft_eval::render(e, chat);
             let mut tokens = tok.encode(&r.prompt)?;
             let prompt_len = tokens.len();
             tokens.extend(tok.encode(&r.completion)?);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use meft_core::LinearSite;
 use meft_core::adapters::{Activation, LoraConfig};
-use meft_core::optim::AdamWConfig;
+use meft_core::optim::{AdamWConfig, OptimError};
 use meft_core::sparse::Evaluation;
 use meft_eval::LossMask;
 use meft_models::ModelConfig;
@@ -153,18 +153,17 @@ fn optimizer(raw: &RawConfig) -> Result<AdamWConfig, ConfigError> {
     if !(o.lr > 0.0 && o.lr.is_finite()) {
         return Err(invalid("optim.lr", format!("= {} must be > 0", o.lr), "set a positive peak learning rate, e.g. 1e-4"));
     }
-    for (f, b) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
-        if !(0.0..1.0).contains(&b) {
-            return Err(invalid(f, format!("= {b} is outside [0, 1)"), "use e.g. 0.9 / 0.999"));
-        }
-    }
-    if o.eps <= 0.0 || o.weight_decay < 0.0 {
-        return Err(invalid("optim.eps", format!("eps = {}, weight_decay = {}", o.eps, o.weight_decay), "eps must be > 0 and weight_decay ≥ 0"));
-    }
     if !(0.0..1.0).contains(&o.warmup) || o.clip < 0.0 {
         return Err(invalid("optim.warmup", format!("warmup = {}, clip = {}", o.warmup, o.clip), "warmup in [0, 1), clip ≥ 0 (0 = off)"));
     }
-    Ok(AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay, ..AdamWConfig::default() })
+    let adamw = AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay, ..AdamWConfig::default() };
+    adamw.validate().map_err(|e| match e {
+        OptimError::InvalidConfig { field, value, expected } => {
+            invalid(&format!("optim.{field}"), format!("= {value} is not {expected}"), "use the paper's AdamW: beta1 0.9, beta2 0.999, eps 1e-8, weight_decay 0")
+        }
+        other => invalid("optim", other.to_string(), "fix the AdamW settings"),
+    })?;
+    Ok(adamw)
 }
 
 fn check_batch(raw: &RawConfig) -> Result<(), ConfigError> {

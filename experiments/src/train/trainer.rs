@@ -298,7 +298,7 @@ impl Trainer {
         if let Some(ledger) = self.adapter.ledger().filter(|l| !l.steps.is_empty()) {
             let meta = meft_eval::results::RunMetadata {
                 config_json: self.config_json()?,
-                git_revision: crate::repro::output::git_revision(),
+                git_revision: meft_eval::results::git_revision(),
                 description: "per-step MEFT transfer ledger of a `meft train` run".into(),
             };
             let path = out.join("ledger.h5");
