@@ -44,6 +44,14 @@ pub trait AdapterHook: Send + Sync {
     /// # Shapes
     /// `x` is the projection input `(batch, seq, in)`; the result is `(batch, seq, out)`.
     fn linear(&self, layer: usize, site: LinearSite, x: &Tensor) -> Result<Option<Tensor>>;
+
+    /// Whether [`AdapterHook::linear`] may return a term for some projection of `layer`.
+    ///
+    /// `false` lets the model run the layer's projections inside fused whole-block kernels that
+    /// never call `linear`; the default `true` is always correct.
+    fn adapts_projections(&self, _layer: usize) -> bool {
+        true
+    }
 }
 
 /// The hook of a model without adapters.
@@ -57,5 +65,9 @@ impl AdapterHook for NoAdapters {
 
     fn linear(&self, _layer: usize, _site: LinearSite, _x: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+
+    fn adapts_projections(&self, _layer: usize) -> bool {
+        false
     }
 }

@@ -1,6 +1,7 @@
 //! Model behaviour beyond the golden values: KV-cache inference against the full forward, fused
 //! inference against the reference training forward, Mistral ≡ LLaMA when the window covers the
-//! sequence, adapter gradients through every layer, sharded loading, scoring and generation.
+//! sequence, adapter gradients through every layer, whole-block layers against per-op layers,
+//! sharded loading, scoring and generation.
 //!
 //! Tolerance for equalities between our own paths: `|a − b| ≤ 1e-5·max(|b|, 1)` — both run in f32
 //! and differ only in summation order.
@@ -137,6 +138,56 @@ fn every_adapter_parameter_gets_a_gradient_through_all_layers() {
             let g = grads.get(p.as_tensor()).unwrap_or_else(|| panic!("{path:?}: adapter param {i} has no gradient"));
             let norm = scalar(&g.sqr().unwrap().sum_all().unwrap());
             assert!(norm > 0.0, "{path:?}: adapter param {i} has a zero gradient");
+        }
+    }
+}
+
+/// A dense parallel adapter beside every FFN; `per_op` makes the model take the per-op layer
+/// path (the hook then claims it may adapt projections) instead of the whole-block ops.
+struct FfnOnly {
+    ffn: Vec<(Var, Var)>,
+    per_op: bool,
+}
+
+impl AdapterHook for FfnOnly {
+    fn ffn(&self, layer: usize, x: &Tensor) -> Result<Option<Tensor>> {
+        let (a, b) = &self.ffn[layer];
+        Ok(Some(x.broadcast_matmul(a.as_tensor())?.relu()?.broadcast_matmul(b.as_tensor())?))
+    }
+
+    fn linear(&self, _layer: usize, _site: LinearSite, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    fn adapts_projections(&self, _layer: usize) -> bool {
+        self.per_op
+    }
+}
+
+#[test]
+fn whole_block_layers_match_per_op_layers() {
+    for case in CASES {
+        let model = model(case, OpPath::Fused);
+        let cfg = &model.config;
+        let d = cfg.hidden_size;
+        let randn = |shape: &[usize]| Tensor::randn(0f32, 0.2, shape, &Device::Cpu).unwrap();
+        let ffn: Vec<(Tensor, Tensor)> = (0..cfg.num_hidden_layers).map(|_| (randn(&[d, 8]), randn(&[8, d]))).collect();
+        let toks = tokens(case);
+        let run = |per_op: bool| {
+            let vars = |t: &Tensor| Var::from_tensor(t).unwrap();
+            let hook = FfnOnly { ffn: ffn.iter().map(|(a, b)| (vars(a), vars(b))).collect(), per_op };
+            let h = Var::from_tensor(&model.embed(&toks).unwrap()).unwrap();
+            let logits = model.forward_embeds(h.as_tensor(), &hook).unwrap();
+            let grads = model.next_token_loss(&logits, &toks, None).unwrap().backward().unwrap();
+            let mut g = vec![grads.get(h.as_tensor()).expect("input gradient").clone()];
+            g.extend(hook.ffn.iter().flat_map(|(a, b)| [a, b]).map(|v| grads.get(v.as_tensor()).expect("adapter gradient").clone()));
+            (logits, g)
+        };
+        let (blocks, g_blocks) = run(false);
+        let (per_op, g_per_op) = run(true);
+        assert_rel_close(&format!("{case} whole-block logits"), &blocks, &per_op, 1e-5);
+        for (i, (a, b)) in g_blocks.iter().zip(&g_per_op).enumerate() {
+            assert_norm_close(&format!("{case} whole-block gradient {i}"), a, b, 1e-4);
         }
     }
 }

@@ -321,6 +321,10 @@ impl AdapterHook for MeftAdapter {
     fn linear(&self, _layer: usize, _site: LinearSite, _x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }
+
+    fn adapts_projections(&self, _layer: usize) -> bool {
+        false
+    }
 }
 
 pub(crate) fn missing(layer: usize) -> OffloadError {

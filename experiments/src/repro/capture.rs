@@ -79,6 +79,10 @@ impl AdapterHook for Recorder {
     fn linear(&self, _: usize, _: LinearSite, _: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }
+
+    fn adapts_projections(&self, _: usize) -> bool {
+        false
+    }
 }
 
 /// Three layers spread over the depth (a third, two thirds, the last), deduplicated.

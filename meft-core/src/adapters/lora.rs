@@ -142,6 +142,10 @@ impl AdapterHook for LoraAdapter {
         let scale = self.cfg.alpha / self.cfg.rank as f64;
         Ok(Some(h.affine(scale, 0.0)?.reshape(out_shape)?))
     }
+
+    fn adapts_projections(&self, layer: usize) -> bool {
+        self.pairs.iter().any(|(l, _, _)| *l == layer)
+    }
 }
 
 impl Trainable for LoraAdapter {

@@ -95,6 +95,10 @@ impl AdapterHook for ParallelAdapter {
     fn linear(&self, _layer: usize, _site: LinearSite, _x: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
+
+    fn adapts_projections(&self, _layer: usize) -> bool {
+        false
+    }
 }
 
 impl Trainable for ParallelAdapter {

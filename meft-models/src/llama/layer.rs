@@ -1,7 +1,7 @@
 //! One decoder layer: pre-norm grouped-query attention and a SwiGLU FFN, each on the residual
 //! stream, with the adapter hook called at every projection and beside the FFN.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use meft_core::{AdapterHook, LinearSite};
 
 use super::packed::Packed;
@@ -95,9 +95,52 @@ impl DecoderLayer {
     /// # Shapes
     /// `h`: `(batch, seq, hidden)`; result likewise. The cache entry, when given, holds earlier
     /// keys/values and is extended by this call's.
+    ///
+    /// Without a cache, on the fused CPU path in f32, and when the hook adapts no projection of
+    /// this layer, each half runs as one whole-block op ([`ops::attention_block`],
+    /// [`ops::mlp_block`]); the result and gradients are those of the per-op path.
     pub fn forward(&self, h: &Tensor, ctx: &LayerContext<'_>, cache: Option<&mut Option<KvPair>>) -> Result<Tensor> {
+        if cache.is_none() && self.takes_blocks(h, ctx) {
+            return self.forward_blocks(h, ctx);
+        }
         let (h_mid, x_ffn) = self.attention_residual(h, ctx, cache)?;
         self.ffn_residual(&h_mid, &x_ffn, ctx)
+    }
+
+    /// Whether [`DecoderLayer::forward`] without a cache may run the whole-block ops.
+    fn takes_blocks(&self, h: &Tensor, ctx: &LayerContext<'_>) -> bool {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        let weights = [&self.input_layernorm, &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &self.post_attention_layernorm, &m.gate_proj, &m.up_proj, &m.down_proj];
+        // The block ops treat every weight as frozen f32: a trainable weight takes the per-op path.
+        let frozen_f32 = weights.iter().all(|w| w.dtype() == DType::F32 && !w.track_op());
+        ctx.path.on(h.device()) == OpPath::Fused
+            && h.dtype() == DType::F32
+            && frozen_f32
+            && ctx.mask.offset == 0
+            && !ctx.hook.adapts_projections(self.index)
+    }
+
+    /// The layer as two whole-block ops, with the FFN hook beside the second.
+    fn forward_blocks(&self, h: &Tensor, ctx: &LayerContext<'_>) -> Result<Tensor> {
+        let a = &self.self_attn;
+        let attn = ops::AttentionBlockWeights {
+            norm: self.input_layernorm.clone(),
+            qkv: a.qkv.weight_of([&a.q_proj, &a.k_proj, &a.v_proj])?.into_owned(),
+            o: a.o_proj.clone(),
+        };
+        let h_mid = ops::attention_block(h, &attn, self.eps, a.dims, &ctx.rope, a.rope_layout, ctx.mask.window)?;
+        let m = &self.mlp;
+        let mlp = ops::MlpBlockWeights {
+            norm: self.post_attention_layernorm.clone(),
+            gate_up: m.gate_up.weight_of([&m.gate_proj, &m.up_proj])?.into_owned(),
+            down: m.down_proj.clone(),
+        };
+        let out = ops::mlp_block(&h_mid, &mlp, self.eps)?;
+        let x_ffn = ops::rms_norm(&h_mid, &self.post_attention_layernorm, self.eps, ctx.path)?;
+        match ctx.hook.ffn(self.index, &x_ffn)? {
+            Some(extra) => out + extra,
+            None => Ok(out),
+        }
     }
 
     /// `h + attn(norm(h))`, and the FFN input `post_attention_layernorm(h + attn(...))`.

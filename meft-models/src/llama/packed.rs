@@ -38,7 +38,7 @@ impl<const N: usize> Packed<N> {
 
     /// The packed weight of `current` parts: the stored tensor while they are its views, a fresh
     /// concatenation otherwise.
-    fn weight_of<'a>(&'a self, current: [&Tensor; N]) -> Result<Cow<'a, Tensor>> {
+    pub fn weight_of<'a>(&'a self, current: [&Tensor; N]) -> Result<Cow<'a, Tensor>> {
         if current.iter().zip(&self.parts).all(|(t, id)| t.id() == *id) {
             Ok(Cow::Borrowed(&self.weight))
         } else {

@@ -13,6 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fastexp;
 use super::gemm::{matmul, Mat, Parallelism};
 use super::kernels::{f32_data, rotate_head, storage_of, CausalMask, RopeTables};
 use crate::config::RopeLayout;
@@ -66,14 +67,9 @@ pub(super) struct KvHeads {
     pub rope: RopeSpec,
 }
 
-impl CustomOp1 for KvHeads {
-    fn name(&self) -> &'static str {
-        "meft-kv-heads"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l, self.name())?;
-        let (b, seq) = qkv_dims(l, self.dims, &self.rope)?;
+impl KvHeads {
+    /// Rotated keys, then values, of packed `qkv` rows of `batch` sequences of `seq` positions.
+    pub(super) fn rows(&self, x: &[f32], b: usize, seq: usize) -> Vec<f32> {
         let HeadDims { heads: h, kv_heads: kvh, head_dim: hd } = self.dims;
         let w = self.dims.qkv_width();
         let mut out = vec![0f32; 2 * b * kvh * seq * hd];
@@ -84,35 +80,14 @@ impl CustomOp1 for KvHeads {
             rotate_head(&self.rope.tables, self.rope.layout, t, 1.0, &x[src + (h + j) * hd..][..hd], k);
             v.copy_from_slice(&x[src + (h + kvh + j) * hd..][..hd]);
         }
-        Ok((storage_of(out, s.dtype())?, Shape::from((2, b, kvh, seq, hd))))
+        out
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let back = KvHeadsBwd { dims: self.dims, rope: self.rope.clone(), batch: x.dim(0)? };
-        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&back)?))
-    }
-}
-
-/// Gradient of [`KvHeads`]: a `qkv`-shaped tensor, zero on the query columns.
-struct KvHeadsBwd {
-    dims: HeadDims,
-    rope: RopeSpec,
-    batch: usize,
-}
-
-impl CustomOp1 for KvHeadsBwd {
-    fn name(&self) -> &'static str {
-        "meft-kv-heads-bwd"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = f32_data(s, l, self.name())?;
+    /// Gradient of [`KvHeads::rows`]: writes the key and value columns of the `qkv`-shaped
+    /// gradient `out` from the keys/values gradient `g`, leaving the query columns untouched.
+    pub(super) fn backward_into(&self, g: &[f32], b: usize, out: &mut [f32]) {
         let HeadDims { heads: h, kv_heads: kvh, head_dim: hd } = self.dims;
-        let (b, seq, w) = (self.batch, self.rope.tables.seq, self.dims.qkv_width());
-        if g.len() != 2 * b * kvh * seq * hd {
-            bail!("kv-heads-bwd: gradient has {} elements", g.len())
-        }
-        let mut out = vec![0f32; b * seq * w];
+        let (seq, w) = (self.rope.tables.seq, self.dims.qkv_width());
         let (gk, gv) = g.split_at(b * kvh * seq * hd);
         for (row, (k, v)) in gk.chunks(hd).zip(gv.chunks(hd)).enumerate() {
             let (t, j, bi) = (row % seq, (row / seq) % kvh, row / (seq * kvh));
@@ -120,6 +95,47 @@ impl CustomOp1 for KvHeadsBwd {
             rotate_head(&self.rope.tables, self.rope.layout, t, -1.0, k, &mut out[dst + (h + j) * hd..][..hd]);
             out[dst + (h + kvh + j) * hd..][..hd].copy_from_slice(v);
         }
+    }
+}
+
+impl CustomOp1 for KvHeads {
+    fn name(&self) -> &'static str {
+        "meft-kv-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l, self.name())?;
+        let (b, seq) = qkv_dims(l, self.dims, &self.rope)?;
+        let HeadDims { kv_heads: kvh, head_dim: hd, .. } = self.dims;
+        Ok((storage_of(self.rows(&x, b, seq), s.dtype())?, Shape::from((2, b, kvh, seq, hd))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let back = KvHeadsBwd { fwd: self, batch: x.dim(0)? };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+/// Gradient of [`KvHeads`]: a `qkv`-shaped tensor, zero on the query columns.
+struct KvHeadsBwd<'a> {
+    fwd: &'a KvHeads,
+    batch: usize,
+}
+
+impl CustomOp1 for KvHeadsBwd<'_> {
+    fn name(&self) -> &'static str {
+        "meft-kv-heads-bwd"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_data(s, l, self.name())?;
+        let dims = self.fwd.dims;
+        let (b, seq, w) = (self.batch, self.fwd.rope.tables.seq, dims.qkv_width());
+        if g.len() != 2 * b * dims.kv_heads * seq * dims.head_dim {
+            bail!("kv-heads-bwd: gradient has {} elements", g.len())
+        }
+        let mut out = vec![0f32; b * seq * w];
+        self.fwd.backward_into(&g, b, &mut out);
         Ok((storage_of(out, s.dtype())?, Shape::from((b, seq, w))))
     }
 }
@@ -164,6 +180,11 @@ impl Geometry {
         Ok(Self { batch, seq, keys, dims })
     }
 
+    /// Shapes of a call without cached positions before `seq` (training).
+    fn uncached(batch: usize, seq: usize, dims: HeadDims) -> Self {
+        Self { batch, seq, keys: seq, dims }
+    }
+
     /// Offset of the keys (`part` 0) or values (1) of KV head `j` of batch `bi`.
     fn kv_at(&self, part: usize, bi: usize, j: usize) -> usize {
         (((part * self.batch + bi) * self.dims.kv_heads) + j) * self.keys * self.dims.head_dim
@@ -183,13 +204,8 @@ impl Geometry {
 }
 
 fn softmax_in_place(row: &mut [f32], (a, b): (usize, usize)) {
-    let max = row[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in &mut row[a..b] {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let max = fastexp::max(&row[a..b]);
+    let inv = 1.0 / fastexp::exp_shifted_in_place(&mut row[a..b], max);
     row[a..b].iter_mut().for_each(|v| *v *= inv);
     row[..a].fill(0.0);
     row[b..].fill(0.0);
@@ -213,17 +229,13 @@ impl Attention {
     }
 }
 
-impl CustomOp2 for Attention {
-    fn name(&self) -> &'static str {
-        "meft-attention"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (qkv, kv) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
-        let g = Geometry::of(l1, l2, self.dims, &self.rope, &self.mask)?;
+impl Attention {
+    /// Output rows `(batch·seq, heads·head_dim)` of every head; keeps the probabilities when
+    /// [`KeepProbs::ForBackward`].
+    fn rows(&self, g: &Geometry, qkv: &[f32], kv: &[f32]) -> Result<Vec<f32>> {
         let (h, hd) = (g.dims.heads, g.dims.head_dim);
         let heads: Vec<(Vec<f32>, Vec<f32>)> =
-            (0..g.batch * h).into_par_iter().map(|u| self.head(&g, &qkv, &kv, u / h, u % h)).collect::<Result<_>>()?;
+            (0..g.batch * h).into_par_iter().map(|u| self.head(g, qkv, kv, u / h, u % h)).collect::<Result<_>>()?;
         let mut out = vec![0f32; g.batch * g.seq * h * hd];
         for (u, (o, _)) in heads.iter().enumerate() {
             let (bi, i) = (u / h, u % h);
@@ -232,16 +244,46 @@ impl CustomOp2 for Attention {
             }
         }
         if self.keep == KeepProbs::ForBackward {
-            let probs: Vec<f32> = heads.into_iter().flat_map(|(_, p)| p).collect();
+            let mut probs = Vec::with_capacity(heads.iter().map(|(_, p)| p.len()).sum());
+            heads.iter().for_each(|(_, p)| probs.extend_from_slice(p));
             *self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))? = Some(Arc::new(probs));
         }
-        Ok((storage_of(out, s1.dtype())?, Shape::from((g.batch, g.seq, h * hd))))
+        Ok(out)
+    }
+
+    /// The probabilities the forward kept.
+    fn kept_probs(&self) -> Result<Arc<Vec<f32>>> {
+        let probs = self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))?.clone();
+        probs.ok_or_else(|| candle_core::Error::Msg("attention: backward of a forward that did not keep its probabilities".into()))
+    }
+
+    /// Training forward over `batch` sequences of `seq` positions without a cache.
+    pub(super) fn uncached_rows(&self, batch: usize, seq: usize, qkv: &[f32], kv: &[f32]) -> Result<Vec<f32>> {
+        self.rows(&Geometry::uncached(batch, seq, self.dims), qkv, kv)
+    }
+
+    /// Gradients of [`Attention::uncached_rows`] for the output gradient `go`: `qkv`-shaped
+    /// (query columns only), then keys/values-shaped, in one buffer.
+    pub(super) fn uncached_backward(&self, batch: usize, seq: usize, (qkv, kv, go): (&[f32], &[f32], &[f32])) -> Result<Vec<f32>> {
+        let back = AttentionBwd { fwd: self, probs: self.kept_probs()? };
+        back.rows(&Geometry::uncached(batch, seq, self.dims), qkv, kv, go)
+    }
+}
+
+impl CustomOp2 for Attention {
+    fn name(&self) -> &'static str {
+        "meft-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (qkv, kv) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        let g = Geometry::of(l1, l2, self.dims, &self.rope, &self.mask)?;
+        let out = self.rows(&g, &qkv, &kv)?;
+        Ok((storage_of(out, s1.dtype())?, Shape::from((g.batch, g.seq, g.dims.heads * g.dims.head_dim))))
     }
 
     fn bwd(&self, qkv: &Tensor, kv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let probs = self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))?.clone();
-        let Some(probs) = probs else { bail!("attention: backward of a forward that did not keep its probabilities") };
-        let back = AttentionBwd { fwd: self, probs };
+        let back = AttentionBwd { fwd: self, probs: self.kept_probs()? };
         let packed = qkv.apply_op3_no_bwd(kv, &grad.contiguous()?, &back)?;
         let n = qkv.elem_count();
         let gqkv = packed.narrow(0, 0, n)?.reshape(qkv.shape())?;
@@ -302,13 +344,22 @@ impl CustomOp3 for AttentionBwd<'_> {
         let f = self.fwd;
         let (qkv, kv, go) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?, f32_data(s3, l3, self.name())?);
         let g = Geometry::of(l1, l2, f.dims, &f.rope, &f.mask)?;
+        let out = self.rows(&g, &qkv, &kv, &go)?;
+        Ok((storage_of(out, s1.dtype())?, Shape::from(qkv.len() + kv.len())))
+    }
+}
+
+impl AttentionBwd<'_> {
+    /// Gradients w.r.t. `qkv` (query columns) and `kv`, packed into one buffer.
+    fn rows(&self, g: &Geometry, qkv: &[f32], kv: &[f32], go: &[f32]) -> Result<Vec<f32>> {
+        let f = self.fwd;
         let (h, hd, w) = (g.dims.heads, g.dims.head_dim, g.dims.qkv_width());
         if go.len() != g.batch * g.seq * h * hd || self.probs.len() != g.batch * h * g.seq * g.keys {
             bail!("attention-bwd: gradient or saved probabilities have the wrong size")
         }
         let heads: Vec<_> = (0..g.batch * h)
             .into_par_iter()
-            .map(|u| self.head(&g, (&qkv, &kv, &go), u / h, u % h))
+            .map(|u| self.head(g, (qkv, kv, go), u / h, u % h))
             .collect::<Result<_>>()?;
         let mut out = vec![0f32; qkv.len() + kv.len()];
         let (gqkv, gkv) = out.split_at_mut(qkv.len());
@@ -323,6 +374,6 @@ impl CustomOp3 for AttentionBwd<'_> {
                 dst.iter_mut().zip(d).for_each(|(a, b)| *a += b);
             }
         }
-        Ok((storage_of(out, s1.dtype())?, Shape::from(qkv.len() + kv.len())))
+        Ok(out)
     }
 }

@@ -12,6 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layo
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::fastexp::{self, log_sum_exp, sigmoid};
 use super::gemm::{matmul, matmul_into, Dst, Mat, Parallelism};
 use crate::config::RopeLayout;
 
@@ -75,14 +76,7 @@ impl CustomOp2 for RmsNorm {
         if w.len() != d {
             bail!("rms-norm: weight has {} elements, rows have {d}", w.len())
         }
-        let out = map_rows(x.len() / d.max(1), d, |r, o| {
-            let row = &x[r * d..(r + 1) * d];
-            let rstd = rstd(row, self.eps);
-            for ((o, &xi), &wi) in o.iter_mut().zip(row).zip(w.iter()) {
-                *o = xi * rstd * wi;
-            }
-        });
-        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+        Ok((storage_of(rms_norm_rows(&x, &w, self.eps), s1.dtype())?, l1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -102,6 +96,32 @@ impl CustomOp2 for RmsNorm {
 fn rstd(row: &[f32], eps: f32) -> f32 {
     let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
     1.0 / (ms + eps).sqrt()
+}
+
+/// RMSNorm of the rows of `x` (row width `w.len()`).
+pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    map_rows(x.len() / d.max(1), d, |r, o| {
+        let row = &x[r * d..(r + 1) * d];
+        let rstd = rstd(row, eps);
+        for ((o, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
+            *o = xi * rstd * wi;
+        }
+    })
+}
+
+/// Gradient of [`rms_norm_rows`] w.r.t. `x` for the output gradient `g`.
+pub(super) fn rms_norm_bwd_rows(x: &[f32], w: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    map_rows(x.len() / d.max(1), d, |r, o| {
+        let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+        let rs = rstd(xr, eps);
+        let dot: f32 = xr.iter().zip(gr).zip(w).map(|((a, b), c)| a * b * c).sum::<f32>() / d as f32;
+        let k = dot * rs * rs * rs;
+        for i in 0..d {
+            o[i] = rs * w[i] * gr[i] - xr[i] * k;
+        }
+    })
 }
 
 /// Gradient of [`RmsNorm`] w.r.t. `x`: `r·(w∘g) − x·r³·mean(x∘w∘g)`.
@@ -126,17 +146,10 @@ impl CustomOp3 for RmsNormBwd {
         let x = f32_data(s1, l1, self.name())?;
         let w = f32_data(s2, l2, self.name())?;
         let g = f32_data(s3, l3, self.name())?;
-        let d = last_dim(l1);
-        let out = map_rows(x.len() / d.max(1), d, |r, o| {
-            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-            let rs = rstd(xr, self.eps);
-            let dot: f32 = xr.iter().zip(gr).zip(w.iter()).map(|((a, b), c)| a * b * c).sum::<f32>() / d as f32;
-            let k = dot * rs * rs * rs;
-            for i in 0..d {
-                o[i] = rs * w[i] * gr[i] - xr[i] * k;
-            }
-        });
-        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+        if w.len() != last_dim(l1) || g.len() != x.len() {
+            bail!("rms-norm-bwd: input {:?}, weight {:?} and gradient {:?} disagree", l1.dims(), l2.dims(), l3.dims())
+        }
+        Ok((storage_of(rms_norm_bwd_rows(&x, &w, &g, self.eps), s1.dtype())?, l1.shape().clone()))
     }
 }
 
@@ -179,14 +192,9 @@ impl CustomOp1 for MaskedSoftmax {
         let t = last_dim(l);
         let out = map_rows(x.len() / t.max(1), t, |r, o| {
             let (a, b) = self.mask.visible(r, t);
-            let row = &x[r * t + a..r * t + b];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (o, &v) in o[a..b].iter_mut().zip(row) {
-                *o = (v - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
+            o[a..b].copy_from_slice(&x[r * t + a..r * t + b]);
+            let max = fastexp::max(&o[a..b]);
+            let inv = 1.0 / fastexp::exp_shifted_in_place(&mut o[a..b], max);
             o[a..b].iter_mut().for_each(|v| *v *= inv);
         });
         Ok((storage_of(out, s.dtype())?, l.shape().clone()))
@@ -288,10 +296,6 @@ impl CustomOp1 for Rope {
 /// `silu(gate) ∘ up`.
 pub(super) struct SiluMul;
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "meft-silu-mul"
@@ -378,16 +382,10 @@ impl CustomOp1 for SwiGlu {
         if !w.is_multiple_of(2) {
             bail!("swiglu: packed width {w} is odd")
         }
-        let f = w / 2;
-        let out = map_rows(x.len() / w.max(1), f, |r, o| {
-            let (g, u) = x[r * w..(r + 1) * w].split_at(f);
-            for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-                *o = gv * sigmoid(gv) * uv;
-            }
-        });
+        let out = swiglu_rows(&x, w);
         let mut dims = l.dims().to_vec();
         if let Some(last) = dims.last_mut() {
-            *last = f;
+            *last = w / 2;
         }
         Ok((storage_of(out, s.dtype())?, Shape::from(dims)))
     }
@@ -408,22 +406,37 @@ impl CustomOp2 for SwiGluBwd {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, dy) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
         let w = last_dim(l1);
-        let f = w / 2;
         if dy.len() * 2 != x.len() {
             bail!("swiglu-bwd: gradient has {} elements for an input of {}", dy.len(), x.len())
         }
-        let out = map_rows(x.len() / w.max(1), w, |r, o| {
-            let (g, u) = x[r * w..(r + 1) * w].split_at(f);
-            let dy = &dy[r * f..(r + 1) * f];
-            let (og, ou) = o.split_at_mut(f);
-            for i in 0..f {
-                let sg = sigmoid(g[i]);
-                og[i] = dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
-                ou[i] = dy[i] * g[i] * sg;
-            }
-        });
-        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+        Ok((storage_of(swiglu_bwd_rows(&x, &dy, w), s1.dtype())?, l1.shape().clone()))
     }
+}
+
+/// `silu(gate) ∘ up` of packed rows of width `w` (gate columns, then up columns).
+pub(super) fn swiglu_rows(x: &[f32], w: usize) -> Vec<f32> {
+    let f = w / 2;
+    map_rows(x.len() / w.max(1), f, |r, o| {
+        let (g, u) = x[r * w..(r + 1) * w].split_at(f);
+        for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+            *o = gv * sigmoid(gv) * uv;
+        }
+    })
+}
+
+/// Gradient of [`swiglu_rows`] for the output gradient `dy`, packed like the input.
+pub(super) fn swiglu_bwd_rows(x: &[f32], dy: &[f32], w: usize) -> Vec<f32> {
+    let f = w / 2;
+    map_rows(x.len() / w.max(1), w, |r, o| {
+        let (g, u) = x[r * w..(r + 1) * w].split_at(f);
+        let dy = &dy[r * f..(r + 1) * f];
+        let (og, ou) = o.split_at_mut(f);
+        for i in 0..f {
+            let sg = sigmoid(g[i]);
+            og[i] = dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
+            ou[i] = dy[i] * g[i] * sg;
+        }
+    })
 }
 
 // ------------------------------------------------------------------ frozen linear
@@ -447,11 +460,7 @@ impl CustomOp2 for FrozenLinear {
         if last_dim(l1) != in_dim {
             bail!("frozen-linear: input width {} does not match the weight {:?}", last_dim(l1), l2.dims())
         }
-        let rows = x.len() / in_dim.max(1);
-        let mut y = vec![0f32; rows * out_dim];
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-        matmul(&mut y, Mat::dense(rows, out_dim), (x, Mat::dense(rows, in_dim)), (w, Mat::dense(out_dim, in_dim).t()), 1.0, par)?;
+        let y = linear_rows(x, w, out_dim)?;
         let mut dims = l1.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out_dim;
@@ -462,6 +471,40 @@ impl CustomOp2 for FrozenLinear {
     fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(g.broadcast_matmul(w)?), None))
     }
+}
+
+/// Parallelism of the products: every rayon thread.
+pub(super) fn all_threads() -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
+}
+
+/// `x·Wᵀ` of rows `x` and a weight `w` of `out_dim` rows.
+pub(super) fn linear_rows(x: &[f32], w: &[f32], out_dim: usize) -> Result<Vec<f32>> {
+    let in_dim = w.len() / out_dim.max(1);
+    let rows = x.len() / in_dim.max(1);
+    let mut y = vec![0f32; rows * out_dim];
+    matmul(&mut y, Mat::dense(rows, out_dim), (x, Mat::dense(rows, in_dim)), (w, Mat::dense(out_dim, in_dim).t()), 1.0, all_threads())?;
+    Ok(y)
+}
+
+/// `h + x·Wᵀ`: [`linear_rows`] accumulated onto a copy of the residual rows `h`.
+pub(super) fn linear_residual_rows(x: &[f32], w: &[f32], h: &[f32], out_dim: usize) -> Result<Vec<f32>> {
+    let in_dim = w.len() / out_dim.max(1);
+    let rows = x.len() / in_dim.max(1);
+    let mut y = h.to_vec();
+    let (xm, wm) = (Mat::dense(rows, in_dim), Mat::dense(out_dim, in_dim).t());
+    matmul_into(&mut y, Mat::dense(rows, out_dim), Dst::Accumulate, (x, xm), (w, wm), 1.0, all_threads())?;
+    Ok(y)
+}
+
+/// Gradient of [`linear_rows`] w.r.t. `x`: `g·W` for a weight of `out_dim` rows.
+pub(super) fn linear_bwd_rows(g: &[f32], w: &[f32], out_dim: usize) -> Result<Vec<f32>> {
+    let in_dim = w.len() / out_dim.max(1);
+    let rows = g.len() / out_dim.max(1);
+    let mut dx = vec![0f32; rows * in_dim];
+    matmul(&mut dx, Mat::dense(rows, in_dim), (g, Mat::dense(rows, out_dim)), (w, Mat::dense(out_dim, in_dim)), 1.0, all_threads())?;
+    Ok(dx)
 }
 
 /// `h + x·Wᵀ` of f32 `x` `(..., in)`, frozen `W` `(out, in)` and a residual `h` `(..., out)`,
@@ -497,12 +540,7 @@ impl CustomOp3 for FrozenLinearResidual {
         if last_dim(l1) != in_dim || h.len() != rows * out_dim {
             bail!("frozen-linear-residual: x {:?}, weight {:?} and residual {:?} disagree", l1.dims(), l2.dims(), l3.dims())
         }
-        let mut y = h.to_vec();
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-        let (xm, wm) = (Mat::dense(rows, in_dim), Mat::dense(out_dim, in_dim).t());
-        matmul_into(&mut y, Mat::dense(rows, out_dim), Dst::Accumulate, (x, xm), (w, wm), 1.0, par)?;
-        Ok((CpuStorage::F32(y), l3.shape().clone()))
+        Ok((CpuStorage::F32(linear_residual_rows(x, w, h, out_dim)?), l3.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, w: &Tensor, _h: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -620,10 +658,6 @@ fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [u32]>> {
     })
 }
 
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
-}
 
 /// `g_row · (softmax(z) − onehot(target))` on scored rows, zero on the others.
 struct CrossEntropyBwd {
@@ -653,7 +687,7 @@ impl CustomOp3 for CrossEntropyBwd {
             let row = &z[r * v..(r + 1) * v];
             let lse = log_sum_exp(row);
             for (o, &x) in o.iter_mut().zip(row) {
-                *o = (x - lse).exp() * g[k];
+                *o = fastexp::exp(x - lse) * g[k];
             }
             o[t[k] as usize] -= g[k];
         });

@@ -7,6 +7,8 @@
 //! cut the gradient flowing from the loss to the adapters.
 
 mod attention;
+mod block;
+mod fastexp;
 mod gemm;
 mod kernels;
 
@@ -15,6 +17,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub use attention::HeadDims;
+pub use block::{attention_block, mlp_block, AttentionBlockWeights, MlpBlockWeights};
 use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
 pub use kernels::RopeTables;
 use kernels::{CausalMask, CrossEntropy, FrozenLinear, FrozenLinearGrad, FrozenLinearResidual, LogitRows, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};

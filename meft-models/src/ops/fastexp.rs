@@ -1,0 +1,137 @@
+//! A branch-free `exp` for f32 that the compiler vectorises, and the reductions built on it
+//! (softmax normalisation, log-sum-exp, sigmoid).
+//!
+//! `f32::exp` is a libm call per element, which keeps every loop around it scalar: softmax,
+//! cross-entropy and SwiGLU spent ~5 % of a SmolLM2 forward + backward in `__expf_fma`. This
+//! version reduces `x = n·ln2 + r` with `|r| ≤ ln2/2`, evaluates a degree-6 polynomial for `e^r`
+//! and builds `2^n` from the exponent bits: relative error below 4e-7 (a few ulp) on the whole
+//! range, checked against `f32::exp` in the tests below. Inputs below −87.3 give 0 (as the
+//! softmax of a masked score must), above 88.37 saturate at `e^88.37`, NaN stays NaN.
+
+/// Smallest input with a normal result; below it the result is 0.
+const MIN_INPUT: f32 = -87.33;
+/// Largest input computed exactly; larger inputs saturate near `2.4e38` (keeps `2^n`
+/// within the f32 exponent range).
+const MAX_INPUT: f32 = 88.37;
+
+/// `e^x` (see the module docs for accuracy); inlines into vectorised loops.
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    /// 1.5·2²³: adding and subtracting it rounds to the nearest integer without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    let below = x < MIN_INPUT;
+    let xc = x.clamp(MIN_INPUT, MAX_INPUT);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    let y = p * scale;
+    let y = if below { 0.0 } else { y };
+    if x.is_nan() { x } else { y }
+}
+
+/// `1 / (1 + e^−x)`.
+#[inline(always)]
+pub(super) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// Sum of a slice with eight independent accumulators (vectorises; order differs from a plain
+/// left fold by rounding only).
+#[inline]
+pub(super) fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Largest element (−∞ for an empty slice).
+#[inline]
+pub(super) fn max(xs: &[f32]) -> f32 {
+    xs.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `xs[i] = e^(xs[i] − shift)`, returning their sum.
+#[inline]
+pub(super) fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
+    xs.iter_mut().for_each(|v| *v = exp(*v - shift));
+    sum(xs)
+}
+
+/// `log Σ e^x` of a row, stable for large inputs.
+pub(super) fn log_sum_exp(row: &[f32]) -> f32 {
+    let m = max(row);
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - m)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp(v - m);
+        }
+    }
+    m + (acc.iter().sum::<f32>() + tail).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn rel_err(got: f32, want: f32) -> f32 {
+        if want == 0.0 { got.abs() } else { ((got - want) / want).abs() }
+    }
+
+    #[test]
+    fn exp_matches_libm_on_a_dense_grid() {
+        let mut worst = 0f32;
+        for i in -87_000..=88_000 {
+            let x = i as f32 * 1e-3 + 0.000_37;
+            worst = worst.max(rel_err(exp(x), x.exp()));
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn exp_edges() {
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(1000.0).is_finite() && exp(1000.0) > 2e38);
+        assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
+        assert!(sigmoid(-1000.0) < 1e-37);
+        assert_eq!(sigmoid(1000.0), 1.0);
+    }
+
+    proptest! {
+        #[test]
+        fn reductions_match_plain_loops(xs in proptest::collection::vec(-30f32..30.0, 0..70)) {
+            let plain_lse = {
+                let m = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                m + xs.iter().map(|&x| (x - m).exp()).sum::<f32>().ln()
+            };
+            if !xs.is_empty() {
+                prop_assert!((log_sum_exp(&xs) - plain_lse).abs() <= 1e-5 * plain_lse.abs().max(1.0));
+            }
+            let plain_sum: f32 = xs.iter().sum();
+            prop_assert!((sum(&xs) - plain_sum).abs() <= 1e-4 * xs.iter().map(|x| x.abs()).sum::<f32>().max(1.0));
+            let mut shifted = xs.clone();
+            let total = exp_shifted_in_place(&mut shifted, 3.0);
+            let want: f32 = xs.iter().map(|&x| (x - 3.0).exp()).sum();
+            prop_assert!((total - want).abs() <= 1e-5 * want.max(1e-30));
+            for (&s, &x) in shifted.iter().zip(&xs) {
+                prop_assert!(rel_err(s, (x - 3.0).exp()) < 1e-6);
+            }
+        }
+    }
+}
