@@ -14,7 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Res
 use rayon::prelude::*;
 
 use super::fastexp;
-use super::gemm::{matmul, Mat, Parallelism};
+use super::gemm::{matmul, matmul_into, Dst, Mat, Parallelism};
 use super::kernels::{f32_data, rotate_head, storage_of, CausalMask, RopeTables};
 use crate::config::RopeLayout;
 
@@ -203,6 +203,26 @@ impl Geometry {
     }
 }
 
+/// Query rows processed together, and the key positions any of them can see.
+struct RowBlock {
+    rows: std::ops::Range<usize>,
+    keys: std::ops::Range<usize>,
+}
+
+/// Query rows per block: scores above the causal diagonal of a block are never computed.
+const ROW_BLOCK: usize = 64;
+
+/// The query rows of one head in blocks of [`ROW_BLOCK`], each with the union of its rows'
+/// visible keys (the mask's ranges only move forward with the row).
+fn row_blocks(mask: &CausalMask, seq: usize, keys: usize) -> impl Iterator<Item = RowBlock> + '_ {
+    (0..seq).step_by(ROW_BLOCK).map(move |r0| {
+        let r1 = (r0 + ROW_BLOCK).min(seq);
+        let (lo, _) = mask.visible(r0, keys);
+        let (_, hi) = mask.visible(r1 - 1, keys);
+        RowBlock { rows: r0..r1, keys: lo..hi.max(lo) }
+    })
+}
+
 fn softmax_in_place(row: &mut [f32], (a, b): (usize, usize)) {
     let max = fastexp::max(&row[a..b]);
     let inv = 1.0 / fastexp::exp_shifted_in_place(&mut row[a..b], max);
@@ -218,13 +238,19 @@ impl Attention {
         let j = i / g.dims.group();
         let q = g.queries(qkv, &self.rope, bi, i);
         let (k, v) = (&kv[g.kv_at(0, bi, j)..][..n * hd], &kv[g.kv_at(1, bi, j)..][..n * hd]);
-        let mut p = vec![0f32; s * n];
-        matmul(&mut p, Mat::dense(s, n), (&q, Mat::dense(s, hd)), (k, Mat::dense(n, hd).t()), 1.0, Parallelism::None)?;
-        for (t, row) in p.chunks_mut(n).enumerate() {
-            softmax_in_place(row, self.mask.visible(t, n));
+        let (mut p, mut o) = (vec![0f32; s * n], vec![0f32; s * hd]);
+        let none = Parallelism::None;
+        for b in row_blocks(&self.mask, s, n) {
+            let (rows, cols) = (b.rows.len(), b.keys.len());
+            let (q_b, k_b, v_b) = (&q[b.rows.start * hd..], &k[b.keys.start * hd..], &v[b.keys.start * hd..]);
+            let p_b = &mut p[b.rows.start * n + b.keys.start..];
+            matmul(p_b, Mat::strided(rows, cols, n), (q_b, Mat::dense(rows, hd)), (k_b, Mat::dense(cols, hd).t()), 1.0, none)?;
+            for t in b.rows.clone() {
+                softmax_in_place(&mut p[t * n..(t + 1) * n], self.mask.visible(t, n));
+            }
+            let p_b = &p[b.rows.start * n + b.keys.start..];
+            matmul(&mut o[b.rows.start * hd..], Mat::dense(rows, hd), (p_b, Mat::strided(rows, cols, n)), (v_b, Mat::dense(cols, hd)), 1.0, none)?;
         }
-        let mut o = vec![0f32; s * hd];
-        matmul(&mut o, Mat::dense(s, hd), (&p, Mat::dense(s, n)), (v, Mat::dense(n, hd)), 1.0, Parallelism::None)?;
         Ok((o, p))
     }
 }
@@ -310,19 +336,26 @@ impl AttentionBwd<'_> {
         let p = &self.probs[(bi * h + i) * s * n..][..s * n];
         let (k, v) = (&kv[g.kv_at(0, bi, j)..][..n * hd], &kv[g.kv_at(1, bi, j)..][..n * hd]);
         let go = &go[bi * s * h * hd + i * hd..];
-        let go_m = Mat::strided(s, hd, h * hd);
         let none = Parallelism::None;
-        let mut ds = vec![0f32; s * n];
-        matmul(&mut ds, Mat::dense(s, n), (go, go_m), (v, Mat::dense(n, hd).t()), 1.0, none)?;
-        for (dr, pr) in ds.chunks_mut(n).zip(p.chunks(n)) {
-            let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-            dr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = pv * (*d - dot));
-        }
         let scale = 1.0 / (hd as f32).sqrt();
+        let mut ds = vec![0f32; s * n];
         let (mut dq, mut dk, mut dv) = (vec![0f32; s * hd], vec![0f32; n * hd], vec![0f32; n * hd]);
-        matmul(&mut dq, Mat::dense(s, hd), (&ds, Mat::dense(s, n)), (k, Mat::dense(n, hd)), scale, none)?;
-        matmul(&mut dk, Mat::dense(n, hd), (&ds, Mat::dense(s, n).t()), (&q, Mat::dense(s, hd)), 1.0, none)?;
-        matmul(&mut dv, Mat::dense(n, hd), (p, Mat::dense(s, n).t()), (go, go_m), 1.0, none)?;
+        for b in row_blocks(&self.fwd.mask, s, n) {
+            let (rows, cols, r0, k0) = (b.rows.len(), b.keys.len(), b.rows.start, b.keys.start);
+            let block = Mat::strided(rows, cols, n);
+            let go_b = (&go[r0 * h * hd..], Mat::strided(rows, hd, h * hd));
+            matmul(&mut ds[r0 * n + k0..], block, go_b, (&v[k0 * hd..], Mat::dense(cols, hd).t()), 1.0, none)?;
+            for t in b.rows.clone() {
+                let (dr, pr) = (&mut ds[t * n..(t + 1) * n], &p[t * n..(t + 1) * n]);
+                let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                dr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = pv * (*d - dot));
+            }
+            let (ds_b, p_b) = ((&ds[r0 * n + k0..], block), (&p[r0 * n + k0..], block));
+            matmul(&mut dq[r0 * hd..], Mat::dense(rows, hd), ds_b, (&k[k0 * hd..], Mat::dense(cols, hd)), scale, none)?;
+            let keys_out = Mat::dense(cols, hd);
+            matmul_into(&mut dk[k0 * hd..], keys_out, Dst::Accumulate, (ds_b.0, block.t()), (&q[r0 * hd..], Mat::dense(rows, hd)), 1.0, none)?;
+            matmul_into(&mut dv[k0 * hd..], keys_out, Dst::Accumulate, (p_b.0, block.t()), go_b, 1.0, none)?;
+        }
         Ok((dq, dk, dv))
     }
 }

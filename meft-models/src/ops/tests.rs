@@ -137,6 +137,28 @@ proptest! {
     }
 }
 
+/// Sequences longer than one row block of the fused attention (64 rows), with and without a
+/// window and cached positions: the skipped above-diagonal blocks must not change anything.
+#[test]
+fn attention_over_several_row_blocks_matches_reference() {
+    let dims = HeadDims { heads: 2, kv_heads: 1, head_dim: 4 };
+    for (seq, past, window) in [(70, 0, None), (150, 0, Some(30)), (130, 9, None), (129, 5, Some(70))] {
+        let tables = rope_tables(dims.head_dim, 10_000.0, past, seq);
+        let mask = AttentionMask { seq, offset: past, window };
+        let mut inputs = vec![tensor(&[1, seq, dims.qkv_width()], seq as u64, 2.0).unwrap()];
+        if past > 0 {
+            inputs.push(tensor(&[2, 1, 1, past, dims.head_dim], 5, 2.0).unwrap());
+        }
+        check(&format!("attention seq {seq} past {past} window {window:?}"), &inputs, |t, p| {
+            let mut kv = kv_heads(&t[0], &tables, RopeLayout::RotateHalf, dims, p)?;
+            if let Some(old) = t.get(1) {
+                kv = Tensor::cat(&[old, &kv], 3)?;
+            }
+            attention(&t[0], &kv, &tables, RopeLayout::RotateHalf, dims, mask, p)
+        });
+    }
+}
+
 #[test]
 fn next_token_nll_matches_reference() {
     for (b, s, v) in [(1, 2, 3), (2, 5, 17), (3, 4, 40)] {
