@@ -37,7 +37,7 @@ use meft_router::{Capacity, ExpertLayout, FiniteCheck, RouteConfig, RouteScratch
 
 use crate::device::{Category, OffloadDevice};
 use crate::error::{OffloadError, Result};
-use crate::host::{HostStore, LayerArena};
+use crate::host::{HostStore, LayerArena, random_arenas};
 use crate::ledger::{Ledger, TimeSource};
 use crate::plan::{MeftConfig, OffloadPlan, PrefetchMode};
 use crate::routing::{Prefetcher, RouteContext, RouteJob, Routed, route_job};
@@ -63,19 +63,8 @@ impl MeftAdapter {
     /// An adapter with spec §4 initialisation: keys ~ N(0, 0.02) from `seed`, values 0,
     /// gates = 50 × mean of each expert's keys.
     pub fn init(cfg: MeftConfig, plan: OffloadPlan, device: Arc<OffloadDevice>, seed: u64) -> Result<Self> {
-        use rand::SeedableRng;
-        use rand_distr::Distribution;
-        let normal = rand_distr::Normal::new(0f32, 0.02).map_err(|e| OffloadError::Sequence(e.to_string()))?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let n = cfg.neurons * cfg.hidden;
-        let arenas = plan
-            .layers
-            .iter()
-            .map(|l| {
-                let keys: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-                Ok((l.layer, LayerArena::new(cfg.hidden, &keys, &vec![0.0; n])?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers: Vec<usize> = plan.layers.iter().map(|l| l.layer).collect();
+        let arenas = random_arenas(cfg.hidden, cfg.neurons, &layers, seed)?;
         Self::from_arenas(cfg, plan, device, arenas)
     }
 

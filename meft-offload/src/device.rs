@@ -224,6 +224,25 @@ impl OffloadDevice {
         acc.peak_by_category = acc.in_use;
     }
 
+    /// Another handle on the same device (tensors of both are compatible) with its own, empty
+    /// accounting: several adapters measured one after another on one loaded model.
+    pub fn same_device(&self) -> Self {
+        Self { kind: self.kind, candle: self.candle.clone(), accounts: Mutex::new(Accounts::default()) }
+    }
+
+    /// Waits until the device has finished all queued work (a no-op on the CPU).
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.candle.synchronize()?)
+    }
+
+    /// What the driver says about the device: `None` off CUDA.
+    pub fn driver_info(&self) -> Result<Option<DriverInfo>> {
+        match self.kind {
+            DeviceKind::Cuda { .. } => driver_info(&self.candle).map(Some),
+            DeviceKind::Cpu | DeviceKind::Simulated { .. } => Ok(None),
+        }
+    }
+
     /// The current accounting.
     pub fn report(&self) -> MemoryReport {
         let acc = self.lock();
@@ -244,14 +263,65 @@ impl OffloadDevice {
     }
 }
 
+/// A CUDA device as its driver reports it, at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriverInfo {
+    /// Device name (e.g. `NVIDIA H100 80GB HBM3`).
+    pub name: String,
+    /// Driver API version as `major.minor` (e.g. `13.0`).
+    pub driver_api: String,
+    /// Free device bytes.
+    pub free_bytes: u64,
+    /// Total device bytes.
+    pub total_bytes: u64,
+}
+
+impl DriverInfo {
+    /// Bytes in use on the whole device (every process and the context included).
+    pub fn used_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.free_bytes)
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<candle_core::Device> {
+    use candle_core::cuda_backend::cudarc;
+    // SAFETY: only tries to dlopen the driver library and reports whether that worked.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(OffloadError::plan(
+            "device",
+            "is CUDA but libcuda.so.1 could not be loaded",
+            "run on a machine with the NVIDIA driver (tools/gpu/run.sh sets the library paths), or use --device cpu",
+        ));
+    }
     Ok(candle_core::Device::new_cuda(ordinal)?)
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(_ordinal: usize) -> Result<candle_core::Device> {
     Err(meft_core::Error::NotCompiledWithCuda { op: "OffloadDevice::new(Cuda)" }.into())
+}
+
+#[cfg(feature = "cuda")]
+fn driver_info(device: &candle_core::Device) -> Result<DriverInfo> {
+    use candle_core::cuda_backend::cudarc;
+    let wrap = |e: cudarc::driver::DriverError| OffloadError::Candle(candle_core::Error::wrap(e));
+    let ctx = device.as_cuda_device()?.cuda_stream().context().clone();
+    let (free, total) = ctx.mem_get_info().map_err(wrap)?;
+    let mut version: std::ffi::c_int = 0;
+    // SAFETY: the driver library is loaded (a CUDA device exists) and `version` is a valid out-pointer.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result().map_err(wrap)?;
+    Ok(DriverInfo {
+        name: ctx.name().map_err(wrap)?,
+        driver_api: format!("{}.{}", version / 1000, version % 1000 / 10),
+        free_bytes: free as u64,
+        total_bytes: total as u64,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn driver_info(_device: &candle_core::Device) -> Result<DriverInfo> {
+    Err(meft_core::Error::NotCompiledWithCuda { op: "OffloadDevice::driver_info" }.into())
 }
 
 #[cfg(test)]

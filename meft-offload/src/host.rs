@@ -191,6 +191,23 @@ impl LayerArena {
     }
 }
 
+/// Spec §4 initialisation of `neurons` rows for each layer in `layers`: keys ~ N(0, 0.02) drawn
+/// from `seed` (layer after layer), values 0.
+pub fn random_arenas(hidden: usize, neurons: usize, layers: &[usize], seed: u64) -> Result<Vec<(usize, LayerArena)>> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let normal = rand_distr::Normal::new(0f32, 0.02).map_err(|e| OffloadError::Sequence(e.to_string()))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = neurons * hidden;
+    layers
+        .iter()
+        .map(|&layer| {
+            let keys: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+            Ok((layer, LayerArena::new(hidden, &keys, &vec![0.0; n])?))
+        })
+        .collect()
+}
+
 /// Arenas of every adapted layer.
 #[derive(Debug, Default)]
 pub struct HostStore {

@@ -15,11 +15,14 @@
 //!   accumulators and the touched set.
 //! - [`plan`]: [`MeftConfig`] and the validated, serialisable [`OffloadPlan`].
 //! - [`adapter`]: the [`MeftAdapter`] (forward / `finish_backward` / `step`), with pre-look prefetch.
+//! - [`full`]: the full-offload baseline ([`FullOffloadAdapter`]): every row down and every
+//!   gradient up each step (ZeRO-Offload style), for traffic and speed comparisons.
 //! - [`ledger`]: per step and layer bytes, times and device peaks.
 
 pub mod adapter;
 pub mod device;
 pub mod error;
+pub mod full;
 pub mod host;
 pub mod ledger;
 pub mod plan;
@@ -28,8 +31,9 @@ mod routing;
 mod step;
 
 pub use adapter::MeftAdapter;
-pub use device::{Category, CategoryBytes, DeviceKind, MemoryReport, OffloadDevice};
+pub use device::{Category, CategoryBytes, DeviceKind, DriverInfo, MemoryReport, OffloadDevice};
 pub use error::{OffloadError, Result};
-pub use host::{HostStore, LayerArena};
+pub use full::{FullOffloadAdapter, FullOffloadStep};
+pub use host::{HostStore, LayerArena, random_arenas};
 pub use ledger::{Ledger, LayerRecord, LinkModel, PhaseTimes, StepRecord, StepStatus, TimeSource};
 pub use plan::{HostOptimizer, LayerPlan, MeftConfig, OffloadPlan, PrefetchMode};

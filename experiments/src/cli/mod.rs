@@ -1,10 +1,11 @@
-//! The `meft` command line: `score`, `generate`, `info`, `train`, `plan`, `eval`, `reproduce`
-//! and `ablate`.
+//! The `meft` command line: `score`, `generate`, `info`, `train`, `plan`, `eval`, `reproduce`,
+//! `ablate` and `bench-gpu`.
 //!
 //! `--model` takes a pinned model name (`smollm2-135m-instruct`, fetched into the cache on first
 //! use), a `.gguf` file, or an HF directory; see `meft_models::resolve`. Machine-readable results
 //! go to stdout, progress and timings to stderr.
 
+mod bench_gpu;
 mod eval;
 mod generate;
 mod info;
@@ -54,6 +55,8 @@ pub enum Command {
     Reproduce(reproduce::ReproduceArgs),
     /// Sweep one MEFT knob (experts, k, p, c) on experiment 1's setup.
     Ablate(reproduce::AblateArgs),
+    /// Peak device memory, step time and bytes per step of a dense PA, MEFT and full offload.
+    BenchGpu(bench_gpu::BenchGpuArgs),
 }
 
 /// Floating-point type the frozen weights are held in.
@@ -132,5 +135,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),
         Command::Ablate(args) => reproduce::ablate(&args),
+        Command::BenchGpu(args) => bench_gpu::run(&args),
     }
 }

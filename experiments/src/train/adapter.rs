@@ -15,7 +15,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use meft_core::AdapterHook;
 use meft_core::adapters::{DeviceAdamW, Phase, Trainable};
-use meft_offload::{LayerArena, MeftAdapter, OffloadDevice};
+use meft_offload::{FullOffloadAdapter, HostStore, LayerArena, MeftAdapter, OffloadDevice};
 
 use super::state::{StateMap, StateTensor};
 
@@ -24,10 +24,19 @@ use super::state::{StateMap, StateTensor};
 pub struct StepFacts {
     /// Distinct rows selected, summed over layers (MEFT; 0 otherwise).
     pub union_rows: u64,
-    /// Bytes moved between host and device this step (MEFT; 0 otherwise).
-    pub moved_bytes: u64,
+    /// Adapter bytes copied host→device this step (offloaded adapters; 0 otherwise).
+    pub h2d_bytes: u64,
+    /// Adapter bytes copied device→host this step (offloaded adapters; 0 otherwise).
+    pub d2h_bytes: u64,
     /// Peak device bytes this step (simulated device; 0 when not tracked).
     pub device_peak_bytes: u64,
+}
+
+impl StepFacts {
+    /// Bytes moved between host and device this step, both directions.
+    pub fn moved_bytes(&self) -> u64 {
+        self.h2d_bytes + self.d2h_bytes
+    }
 }
 
 /// A trainable adapter: forward hook, after-backward, step, and state for checkpoints.
@@ -233,7 +242,8 @@ impl TrainableAdapter for MeftTrainable {
         let rec = self.adapter.ledger().steps.last().context("ledger has no step after step()")?;
         Ok(StepFacts {
             union_rows: rec.layers.iter().map(|l| l.union_rows as u64).sum(),
-            moved_bytes: rec.moved_bytes(),
+            h2d_bytes: rec.layers.iter().map(|l| l.h2d_bytes).sum(),
+            d2h_bytes: rec.layers.iter().map(|l| l.d2h_bytes).sum(),
             device_peak_bytes: rec.device.peak_total.max(self.device.report().peak_total),
         })
     }
@@ -246,15 +256,7 @@ impl TrainableAdapter for MeftTrainable {
 
     fn state(&self) -> Result<StateMap> {
         let mut map = self.export()?;
-        for (layer, arena) in self.adapter.store().layers() {
-            let a = arena.read().unwrap_or_else(|e| e.into_inner());
-            let (m, v) = a.moments();
-            let shape = vec![a.rows(), a.row_len()];
-            map.insert(format!("optim.layers.{layer}.rows.m"), StateTensor::F32(m.to_vec(), shape.clone()));
-            map.insert(format!("optim.layers.{layer}.rows.v"), StateTensor::F32(v.to_vec(), shape));
-            map.insert(format!("optim.layers.{layer}.rows.row_steps"), StateTensor::U64(a.row_steps().to_vec(), vec![a.rows()]));
-            map.insert(format!("optim.layers.{layer}.rows.steps"), StateTensor::U64(vec![a.dense_steps()], vec![1]));
-        }
+        insert_row_moments(&mut map, self.adapter.store());
         for (layer, (m, v, step)) in self.layers().into_iter().zip(self.adapter.gate_optimizer().state()) {
             map.insert(format!("optim.layers.{layer}.gates.m"), StateTensor::from_tensor(&m)?);
             map.insert(format!("optim.layers.{layer}.gates.v"), StateTensor::from_tensor(&v)?);
@@ -266,15 +268,10 @@ impl TrainableAdapter for MeftTrainable {
     fn load_state(&mut self, state: &StateMap) -> Result<()> {
         let cfg = self.adapter.config().clone();
         let plan = self.adapter.plan().clone();
-        let rows = [cfg.neurons, 2 * cfg.hidden];
         let mut arenas = Vec::new();
         let mut gate_state = Vec::new();
         for layer in self.layers() {
-            let p = |what: &str| state.f32(&format!("layers.{layer}.{what}"), &rows);
-            let o = |what: &str| state.f32(&format!("optim.layers.{layer}.rows.{what}"), &rows);
-            let row_steps = state.u64(&format!("optim.layers.{layer}.rows.row_steps"), &[cfg.neurons])?;
-            let steps = state.scalar_u64(&format!("optim.layers.{layer}.rows.steps"))?;
-            arenas.push((layer, LayerArena::restore(cfg.hidden, p("rows")?, o("m")?, o("v")?, row_steps, steps)?));
+            arenas.push((layer, restore_arena(state, layer, cfg.hidden, cfg.neurons)?));
             let g = [cfg.experts, cfg.hidden];
             gate_state.push((
                 state.tensor(&format!("optim.layers.{layer}.gates.m"), &g)?,
@@ -294,9 +291,8 @@ impl TrainableAdapter for MeftTrainable {
 
     fn export(&self) -> Result<StateMap> {
         let mut map = StateMap::default();
-        for (layer, arena) in self.adapter.store().layers() {
-            let a = arena.read().unwrap_or_else(|e| e.into_inner());
-            map.insert(format!("layers.{layer}.rows"), StateTensor::F32(a.params().to_vec(), vec![a.rows(), a.row_len()]));
+        insert_rows(&mut map, self.adapter.store());
+        for layer in self.layers() {
             let gates = self.adapter.gates(layer).with_context(|| format!("no gates for layer {layer}"))?;
             map.insert(format!("layers.{layer}.gates"), StateTensor::from_tensor(gates.as_tensor())?);
         }
@@ -305,4 +301,110 @@ impl TrainableAdapter for MeftTrainable {
         }
         Ok(map)
     }
+}
+
+/// The full-offload baseline: every row down and every gradient up each step, host AdamW.
+pub struct FullOffloadTrainable {
+    adapter: FullOffloadAdapter,
+    device: Arc<OffloadDevice>,
+}
+
+impl FullOffloadTrainable {
+    /// Wraps `adapter`, which accounts its device bytes on `device`.
+    pub fn new(adapter: FullOffloadAdapter, device: Arc<OffloadDevice>) -> Self {
+        Self { adapter, device }
+    }
+
+    fn layers(&self) -> Vec<usize> {
+        self.adapter.store().layers().map(|(l, _)| l).collect()
+    }
+}
+
+impl TrainableAdapter for FullOffloadTrainable {
+    fn hook(&self) -> &dyn AdapterHook {
+        &self.adapter
+    }
+
+    fn set_phase(&self, _phase: Phase) {}
+
+    fn after_backward(&mut self, grads: &GradStore) -> Result<()> {
+        Ok(self.adapter.finish_backward(grads)?)
+    }
+
+    fn discard_forward(&self) {
+        self.adapter.discard_forward();
+    }
+
+    fn grad_sq_norm(&self) -> Result<f64> {
+        Ok(self.adapter.grad_sq_norm())
+    }
+
+    fn scale_grads(&mut self, factor: f64) -> Result<()> {
+        self.adapter.scale_grads(factor);
+        Ok(())
+    }
+
+    fn step(&mut self, lr: f64) -> Result<StepFacts> {
+        self.adapter.set_lr(lr);
+        let moved = self.adapter.step()?;
+        let peak = self.device.report().peak_total;
+        self.device.reset_peak();
+        let rows = (self.adapter.neurons() * self.layers().len()) as u64;
+        Ok(StepFacts { union_rows: rows, h2d_bytes: moved.h2d_bytes, d2h_bytes: moved.d2h_bytes, device_peak_bytes: peak })
+    }
+
+    fn param_count(&self) -> u64 {
+        (2 * self.adapter.neurons() * self.adapter.hidden() * self.layers().len()) as u64
+    }
+
+    fn state(&self) -> Result<StateMap> {
+        let mut map = self.export()?;
+        insert_row_moments(&mut map, self.adapter.store());
+        Ok(map)
+    }
+
+    fn load_state(&mut self, state: &StateMap) -> Result<()> {
+        let (d, m) = (self.adapter.hidden(), self.adapter.neurons());
+        let arenas = self.layers().into_iter().map(|l| Ok((l, restore_arena(state, l, d, m)?))).collect::<Result<Vec<_>>>()?;
+        let a = &self.adapter;
+        self.adapter = FullOffloadAdapter::new(d, a.activation(), *a.adamw(), arenas, self.device.clone())?;
+        Ok(())
+    }
+
+    fn export(&self) -> Result<StateMap> {
+        let mut map = StateMap::default();
+        insert_rows(&mut map, self.adapter.store());
+        Ok(map)
+    }
+}
+
+/// Every layer's bundled rows as `layers.{l}.rows` (`M×2d`).
+fn insert_rows(map: &mut StateMap, store: &HostStore) {
+    for (layer, arena) in store.layers() {
+        let a = arena.read().unwrap_or_else(|e| e.into_inner());
+        map.insert(format!("layers.{layer}.rows"), StateTensor::F32(a.params().to_vec(), vec![a.rows(), a.row_len()]));
+    }
+}
+
+/// Every layer's host AdamW state under `optim.layers.{l}.rows.*`.
+fn insert_row_moments(map: &mut StateMap, store: &HostStore) {
+    for (layer, arena) in store.layers() {
+        let a = arena.read().unwrap_or_else(|e| e.into_inner());
+        let (m, v) = a.moments();
+        let shape = vec![a.rows(), a.row_len()];
+        map.insert(format!("optim.layers.{layer}.rows.m"), StateTensor::F32(m.to_vec(), shape.clone()));
+        map.insert(format!("optim.layers.{layer}.rows.v"), StateTensor::F32(v.to_vec(), shape));
+        map.insert(format!("optim.layers.{layer}.rows.row_steps"), StateTensor::U64(a.row_steps().to_vec(), vec![a.rows()]));
+        map.insert(format!("optim.layers.{layer}.rows.steps"), StateTensor::U64(vec![a.dense_steps()], vec![1]));
+    }
+}
+
+/// The arena of `layer` from what [`insert_rows`] and [`insert_row_moments`] wrote.
+fn restore_arena(state: &StateMap, layer: usize, hidden: usize, neurons: usize) -> Result<LayerArena> {
+    let rows = [neurons, 2 * hidden];
+    let o = |what: &str| state.f32(&format!("optim.layers.{layer}.rows.{what}"), &rows);
+    let row_steps = state.u64(&format!("optim.layers.{layer}.rows.row_steps"), &[neurons])?;
+    let steps = state.scalar_u64(&format!("optim.layers.{layer}.rows.steps"))?;
+    let params = state.f32(&format!("layers.{layer}.rows"), &rows)?;
+    Ok(LayerArena::restore(hidden, params, o("m")?, o("v")?, row_steps, steps)?)
 }

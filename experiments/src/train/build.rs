@@ -52,14 +52,34 @@ pub fn tiny_config() -> ModelConfig {
     }
 }
 
-/// Random weights for `c` from `seed` (N(0, 0.02) matrices — the embedding N(0, 1) so the tiny
-/// model has a usable signal — and unit norms).
-pub fn random_weights(c: &ModelConfig, seed: u64) -> Result<WeightMap> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+/// Name, shape and standard deviation of every weight of `c` (std 0: a norm, all ones): N(0, 0.2)
+/// matrices and an N(0, 1) embedding, so the tiny model has a usable signal.
+pub fn weight_specs(c: &ModelConfig) -> Vec<(String, Vec<usize>, f32)> {
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let mut specs = vec![("model.embed_tokens.weight".to_string(), vec![v, d], 1.0), ("model.norm.weight".to_string(), vec![d], 0.0)];
+    if !c.tie_word_embeddings {
+        specs.push(("lm_head.weight".to_string(), vec![v, d], 0.2));
+    }
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for (n, shape) in [("q_proj", [q, d]), ("k_proj", [kv, d]), ("v_proj", [kv, d]), ("o_proj", [d, q])] {
+            specs.push((format!("{p}.self_attn.{n}.weight"), shape.to_vec(), 0.2));
+        }
+        for (n, shape) in [("gate_proj", [f, d]), ("up_proj", [f, d]), ("down_proj", [d, f])] {
+            specs.push((format!("{p}.mlp.{n}.weight"), shape.to_vec(), 0.2));
+        }
+        specs.push((format!("{p}.input_layernorm.weight"), vec![d], 0.0));
+        specs.push((format!("{p}.post_attention_layernorm.weight"), vec![d], 0.0));
+    }
+    specs
+}
+
+/// Random weights for `c` from `seed` ([`weight_specs`]), as f32 CPU tensors.
+pub fn random_weights(c: &ModelConfig, seed: u64) -> Result<WeightMap> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut t = HashMap::new();
-    let mut put = |name: String, shape: &[usize], std: f32| -> Result<()> {
+    for (name, shape, std) in weight_specs(c) {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = match std {
             0.0 => vec![1.0; n],
@@ -69,20 +89,6 @@ pub fn random_weights(c: &ModelConfig, seed: u64) -> Result<WeightMap> {
             }
         };
         t.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
-        Ok(())
-    };
-    put("model.embed_tokens.weight".into(), &[v, d], 1.0)?;
-    put("model.norm.weight".into(), &[d], 0.0)?;
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        for (n, shape) in [("q_proj", [q, d]), ("k_proj", [kv, d]), ("v_proj", [kv, d]), ("o_proj", [d, q])] {
-            put(format!("{p}.self_attn.{n}.weight"), &shape, 0.2)?;
-        }
-        for (n, shape) in [("gate_proj", [f, d]), ("up_proj", [f, d]), ("down_proj", [d, f])] {
-            put(format!("{p}.mlp.{n}.weight"), &shape, 0.2)?;
-        }
-        put(format!("{p}.input_layernorm.weight"), &[d], 0.0)?;
-        put(format!("{p}.post_attention_layernorm.weight"), &[d], 0.0)?;
     }
     Ok(WeightMap::new(t, TINY_RANDOM))
 }
@@ -157,7 +163,8 @@ pub fn adapter(plan: &TrainPlan, cfg: &ModelConfig, dev: &Arc<OffloadDevice>) ->
     })
 }
 
-fn account(dev: &OffloadDevice, a: &dyn Trainable) -> Result<()> {
+/// Charges a device adapter's parameters + gradients and AdamW moments (f32) to `dev`.
+pub(crate) fn account(dev: &OffloadDevice, a: &dyn Trainable) -> Result<()> {
     let bytes = 4 * a.param_count() as u64;
     dev.set_usage("adapter.params_and_grads", Category::WorkingSets, 2 * bytes)?;
     dev.set_usage("adapter.optimizer", Category::DeviceOptimizer, 2 * bytes)?;

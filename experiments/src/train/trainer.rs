@@ -220,7 +220,7 @@ impl Trainer {
             tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64().max(1e-9),
             device_bytes: facts.device_peak_bytes.max(report.peak_total),
             union_rows: facts.union_rows,
-            moved_bytes: facts.moved_bytes,
+            moved_bytes: facts.moved_bytes(),
             eval_loss: None,
             train_em: None,
             held_out_em: None,

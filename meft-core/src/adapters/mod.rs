@@ -12,7 +12,7 @@ mod parallel;
 
 pub use device_adamw::{DeviceAdamW, DeviceAdamWConfig};
 pub use lora::{LoraAdapter, LoraConfig};
-pub use parallel::{Activation, ParallelAdapter, ParallelAdapterLayer};
+pub use parallel::{Activation, ParallelAdapter, ParallelAdapterLayer, parallel_forward};
 
 use candle_core::Var;
 

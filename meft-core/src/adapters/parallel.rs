@@ -45,13 +45,22 @@ impl ParallelAdapterLayer {
         Ok(Self { keys, values })
     }
 
-    /// `act(x·Kᵀ)·V` for `x` of shape `(.., d)`.
+    /// `act(x·Kᵀ)·V` for `x` of shape `(.., d)`; see [`parallel_forward`].
     pub fn forward(&self, act: Activation, x: &Tensor) -> Result<Tensor> {
-        let d = x.dim(candle_core::D::Minus1)?;
-        let flat = x.reshape(((), d))?;
-        let h = act.apply(&flat.matmul(&self.keys.as_tensor().t()?)?)?;
-        h.matmul(self.values.as_tensor())?.reshape(x.shape())
+        parallel_forward(act, x, self.keys.as_tensor(), self.values.as_tensor())
     }
+}
+
+/// The dense adapter `act(x·Kᵀ)·V` for `x` of shape `(.., d)` and keys/values `M×d`.
+///
+/// The adapter computes in the dtype of its keys: a `bf16` model's `x` is widened to the
+/// adapter's `f32` at the hook boundary and the result narrowed back to `x`'s dtype (both casts
+/// are differentiable, and no-ops when the dtypes agree).
+pub fn parallel_forward(act: Activation, x: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    let flat = x.reshape(((), d))?.to_dtype(keys.dtype())?;
+    let h = act.apply(&flat.matmul(&keys.t()?)?)?;
+    h.matmul(values)?.to_dtype(x.dtype())?.reshape(x.shape())
 }
 
 /// Dense Parallel Adapters on a set of layers.
