@@ -3,7 +3,9 @@
 # no Rust, no network). Packed by `cargo xtask gpu-bundle` next to bin/.
 #
 #   run.sh --check          list the CUDA libraries found and the GPU
-#   run.sh all              --check, device tests, bandwidth bench; logs + JSON under $OUT (or ./out)
+#   run.sh all              --check, device tests, bandwidth bench, then `bench`; logs + JSON under $OUT (or ./out)
+#   run.sh bench [ARGS...]  meft bench-gpu on cuda:0 for the llama7b and smollm2 shapes (random weights; the
+#                           GGUF is not carried), JSON + Markdown + logs into $OUT/gpu/; ARGS go to both runs
 #   run.sh BIN [ARGS...]    run bin/BIN (meft, device_test, device_bw) with the library paths set
 #
 # The binaries link no CUDA library at load time: cudarc dlopens libcuda.so.1, libcublas.so.13,
@@ -42,14 +44,26 @@ check() {
   nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
 }
 
+# bench-gpu for both shapes; a failing shape does not stop the other. Returns 1 if either failed.
+bench() {
+  local out=${OUT:-$PWD/out}/gpu status=0
+  mkdir -p "$out"
+  for shape in llama7b smollm2; do
+    "$here/bin/meft" bench-gpu --device cuda:0 --shape "$shape" --out "$out" "$@" 2>&1 | tee "$out/bench-gpu-$shape.log" || status=1
+  done
+  return $status
+}
+
 case "${1:-}" in
   --check) check ;;
+  bench) bench "${@:2}" ;;
   all)
     out=${OUT:-$PWD/out}; mkdir -p "$out"
     check 2>&1 | tee "$out/check.txt"
     status=0
     "$here/bin/device_test" --test-threads=1 --nocapture 2>&1 | tee "$out/device_test.txt" || status=1
     MEFT_BENCH_JSON="$out/device_bw.json" "$here/bin/device_bw" 2>&1 | tee "$out/device_bw.txt" || status=1
+    bench || status=1
     exit $status ;;
   "") echo "usage: $0 --check | all | BIN [ARGS...]; bins: $(ls "$here/bin")" >&2; exit 2 ;;
   *) exec "$here/bin/$1" "${@:2}" ;;
