@@ -110,6 +110,7 @@ fn cuda_cargo(work: &Path, cu: &Path, candle: &Path) -> Command {
     let mut cmd = cargo();
     let path = std::env::var("PATH").unwrap_or_default();
     cmd.env("PATH", format!("{}:{path}", cu.join("bin").display()))
+        .env("MEFT_GIT_REVISION", git_revision())
         .env("NVCC", cu.join("bin/nvcc"))
         .env("CUDA_COMPUTE_CAP", COMPUTE_CAP)
         .env("LIBRARY_PATH", work.join("lib"))
@@ -118,6 +119,15 @@ fn cuda_cargo(work: &Path, cu: &Path, candle: &Path) -> Command {
         .arg("--config")
         .arg(format!("patch.crates-io.candle-core.path=\"{}\"", candle.display()));
     cmd
+}
+
+/// `git rev-parse HEAD` (with `-dirty` for tracked changes), baked into the bundle's `meft` so its
+/// reports name the revision on a machine without the repository.
+fn git_revision() -> String {
+    let git = |args: &[&str]| Command::new("git").args(args).output().ok().filter(|o| o.status.success());
+    let rev = git(&["rev-parse", "HEAD"]).map_or_else(|| "unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty());
+    if dirty { format!("{rev}-dirty") } else { rev }
 }
 
 /// Builds `meft` and the kernels' device test and bench; returns (bundle name, executable) pairs.

@@ -108,12 +108,21 @@ impl ConfigRow {
     }
 }
 
+/// The checkout's revision, or the one `cargo xtask gpu-bundle` built from (`MEFT_GIT_REVISION` at
+/// build time) when the binary runs outside a repository, as on the GPU machine.
+fn revision() -> String {
+    match meft_eval::results::git_revision() {
+        r if r == "unknown" => option_env!("MEFT_GIT_REVISION").unwrap_or("unknown").to_string(),
+        r => r,
+    }
+}
+
 /// What was run, on what.
 #[derive(Debug, Clone, Serialize)]
 pub struct Setup {
     /// UTC date of the run.
     pub date: String,
-    /// `git rev-parse HEAD` of the build's checkout (`unknown` on the GPU machine).
+    /// `git rev-parse HEAD` of the checkout, or of the bundle's build on the GPU machine.
     pub git_revision: String,
     /// Device kind.
     pub device: DeviceKind,
@@ -158,7 +167,7 @@ impl Setup {
         let host = 2 * meft.neurons * meft.hidden * c.num_hidden_layers;
         Self {
             date: crate::repro::report::utc_date(std::time::SystemTime::now()),
-            git_revision: meft_eval::results::git_revision(),
+            git_revision: revision(),
             device: cfg.device,
             driver_before_model: before,
             shape: match &cfg.model {
