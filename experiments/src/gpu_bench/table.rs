@@ -31,13 +31,12 @@ fn adapter(r: &ConfigRow, report: &BenchReport) -> String {
     let m = s.meft.neurons;
     match r.name {
         "pa" => format!("dense PA, M = {} per layer ({}), all on the device", s.pa.neurons, s.pa.method),
-        "meft" => format!(
-            "MEFT, M = {m}, N = {}, K = {}, P = {}, C = {}",
-            s.meft.experts,
-            s.meft.top_k,
-            s.meft.top_p,
-            or_dash(r.capacity, |c| c.to_string())
-        ),
+        "meft" => {
+            let width = s.meft.top_k.min(s.meft.top_p * m / s.meft.experts);
+            let kept = if width < s.meft.top_k { format!(" (P·M/N = {width} kept per token)") } else { String::new() };
+            let (n, k, p) = (s.meft.experts, s.meft.top_k, s.meft.top_p);
+            format!("MEFT, M = {m}, N = {n}, K = {k}{kept}, P = {p}, C = {}", or_dash(r.capacity, |c| c.to_string()))
+        }
         _ => format!("full offload of the same M = {m} (every row down, every gradient up)"),
     }
 }
@@ -119,4 +118,59 @@ fn comparison(report: &BenchReport) -> String {
         or_dash(meft_peak, gib),
         p.meft_device_gb
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+
+    use super::*;
+    use crate::gpu_bench::report::{Setup, StepSample};
+    use crate::gpu_bench::{BenchConfig, BenchShape, HostAdapterSize, sizing};
+
+    fn sample(seconds: f64) -> StepSample {
+        StepSample {
+            seconds,
+            loss: 4.0,
+            h2d_bytes: 0,
+            d2h_bytes: 0,
+            route_input_bytes: 0,
+            max_union: None,
+            peak_accounted_bytes: 1 << 20,
+            peak_sampled_bytes: Some(2 << 20),
+        }
+    }
+
+    #[test]
+    fn a_failed_config_is_a_row_with_its_error_and_no_comparison() {
+        let cfg = BenchConfig {
+            device: DeviceKind::Cuda { ordinal: 0 },
+            shape: BenchShape::Tiny,
+            model: None,
+            batch: 1,
+            seq: 8,
+            steps: 1,
+            warmup: 0,
+            budget_bytes: 1 << 30,
+            dtype: DType::F32,
+            seed: 0,
+            host_adapter: HostAdapterSize::Neurons(64),
+            top_k: 4,
+            top_p: 2,
+            pre_look: 0,
+        };
+        let c = cfg.shape.config();
+        let (pa, meft) = (sizing::pa_size(&c, &cfg).unwrap(), sizing::meft_config(&c, 64, &cfg).unwrap());
+        let setup = Setup::new(&cfg, &c, "random weights".into(), None, &pa, &meft, None);
+        let rows = vec![
+            ConfigRow::new("pa", Ok((10, vec![sample(0.3), sample(0.1), sample(0.2)])), cfg.budget_bytes),
+            ConfigRow::new("meft", Err(anyhow::anyhow!("CUDA_ERROR_OUT_OF_MEMORY | out of memory")), cfg.budget_bytes),
+        ];
+        assert_eq!(rows[0].median_step_s, Some(0.2));
+        assert_eq!(rows[0].peak_device_bytes, Some(2 << 20), "on CUDA the sampled peak is the one reported");
+        let md = markdown(&BenchReport::new(setup, rows, None));
+        assert!(md.contains("failed: CUDA_ERROR_OUT_OF_MEMORY / out of memory"), "{md}");
+        assert!(md.contains("| MEFT speed as a share of the dense PA | – |"), "{md}");
+        assert!(!md.contains("CPU plumbing run"), "{md}");
+    }
 }
