@@ -103,6 +103,33 @@ mod tests {
         assert_eq!(layout.experts(), (4.0 * (m as f64).sqrt()).round() as usize);
         let fraction = (2 * c.hidden_size * c.num_hidden_layers * m) as f64 / frozen as f64;
         assert!((fraction - 0.1).abs() < 0.005, "{fraction}");
+        assert_eq!((m, layout.experts()), (2691, 207), "the configuration paper/gpu/README.md states");
+    }
+
+    #[test]
+    fn llama7b_pa_is_the_largest_that_the_memory_model_fits_in_24_gib() {
+        let c = BenchShape::Llama7b.config();
+        let cfg = BenchConfig {
+            device: meft_offload::DeviceKind::Cuda { ordinal: 0 },
+            shape: BenchShape::Llama7b,
+            model: None,
+            batch: 2,
+            seq: 256,
+            steps: 1,
+            warmup: 0,
+            budget_bytes: 24 << 30,
+            dtype: candle_core::DType::BF16,
+            seed: 0,
+            host_adapter: HostAdapterSize::Fraction(0.1),
+            top_k: 64,
+            top_p: 8,
+            pre_look: 1,
+        };
+        let pa = pa_size(&c, &cfg).unwrap();
+        let s = shape(&c, &cfg);
+        let one_more = MemoryPlan::new(&c, &s, Some((SizeKnob::PaNeurons, pa.neurons as u64 + 1)), &[], 0, 0);
+        assert!(pa.plan.total_device <= cfg.budget_bytes && one_more.total_device > cfg.budget_bytes);
+        assert_eq!(pa.neurons, 1615, "the configuration paper/gpu/README.md states");
     }
 
     #[test]
