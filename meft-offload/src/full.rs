@@ -225,4 +225,8 @@ impl AdapterHook for FullOffloadAdapter {
     fn linear(&self, _layer: usize, _site: LinearSite, _x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }
+
+    fn adapts_projections(&self, _layer: usize) -> bool {
+        false
+    }
 }
