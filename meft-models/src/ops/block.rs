@@ -12,6 +12,7 @@
 //! hook still sees its input as a graph tensor. Tests compare values and gradients with the
 //! per-op path (`ops::tests`).
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
@@ -65,6 +66,23 @@ fn block_rows(l: &Layout, norm: &Tensor, op: &str) -> Result<(usize, usize, usiz
         bail!("{op}: norm weight {:?} does not match hidden size {d}", norm.dims())
     }
     Ok((b, s, d))
+}
+
+/// The block input and the gradient of its output, checked to have the same shape.
+fn input_and_grad<'a>(op: &str, (s1, l1): (&'a CpuStorage, &Layout), (s2, l2): (&'a CpuStorage, &Layout)) -> Result<(Cow<'a, [f32]>, Cow<'a, [f32]>)> {
+    let (h, g) = (f32_data(s1, l1, op)?, f32_data(s2, l2, op)?);
+    if g.len() != h.len() {
+        bail!("{op}: gradient {:?} does not match the input {:?}", l2.dims(), l1.dims())
+    }
+    Ok((h, g))
+}
+
+/// Input gradient of a pre-norm residual block `h + f(rms_norm(h))`: the residual's `g` plus the
+/// norm's backward of `dx`, the gradient reaching the norm's output.
+fn residual_input_grad(h: &[f32], norm: &[f32], dx: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+    let mut dh = rms_norm_bwd_rows(h, norm, dx, eps);
+    dh.iter_mut().zip(g).for_each(|(d, &gi)| *d += gi);
+    dh
 }
 
 // ------------------------------------------------------------------ attention half
@@ -160,11 +178,8 @@ impl CustomOp2 for AttentionBlockBwd<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        let (h, g) = input_and_grad(self.name(), (s1, l1), (s2, l2))?;
         let (b, seq, _) = block_rows(l1, &self.fwd.weights.norm, self.name())?;
-        if g.len() != h.len() {
-            bail!("attention-block-bwd: gradient {:?} does not match the input {:?}", l2.dims(), l1.dims())
-        }
         let (f, saved) = (self.fwd, self.fwd.saved()?);
         let w = &f.weights;
         let dh = with_f32([&w.norm, &w.qkv, &w.o], self.name(), |[norm, wqkv, wo]| {
@@ -173,9 +188,7 @@ impl CustomOp2 for AttentionBlockBwd<'_> {
             let (d_qkv, d_kv) = packed.split_at_mut(saved.qkv.len());
             f.kv.backward_into(d_kv, b, d_qkv);
             let dx = linear_bwd_rows(d_qkv, wqkv, f.kv.dims.qkv_width())?;
-            let mut dh = rms_norm_bwd_rows(&h, norm, &dx, f.eps);
-            dh.iter_mut().zip(g.iter()).for_each(|(d, &gi)| *d += gi);
-            Ok(dh)
+            Ok(residual_input_grad(&h, norm, &dx, &g, f.eps))
         })?;
         Ok((CpuStorage::F32(dh), l1.shape().clone()))
     }
@@ -243,10 +256,7 @@ impl CustomOp2 for MlpBlockBwd<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
-        if g.len() != h.len() {
-            bail!("mlp-block-bwd: gradient {:?} does not match the input {:?}", l2.dims(), l1.dims())
-        }
+        let (h, g) = input_and_grad(self.name(), (s1, l1), (s2, l2))?;
         let f = self.fwd;
         let gate_up = f.saved.lock().map_err(|_| candle_core::Error::Msg("mlp-block: poisoned lock".into()))?.clone();
         let Some(gate_up) = gate_up else { bail!("mlp-block: backward of a forward that kept nothing") };
@@ -256,9 +266,7 @@ impl CustomOp2 for MlpBlockBwd<'_> {
             let d_act = linear_bwd_rows(&g, wd, w.down.dim(0)?)?;
             let d_gate_up = swiglu_bwd_rows(&gate_up, &d_act, packed);
             let dx = linear_bwd_rows(&d_gate_up, wgu, packed)?;
-            let mut dh = rms_norm_bwd_rows(&h, norm, &dx, f.eps);
-            dh.iter_mut().zip(g.iter()).for_each(|(d, &gi)| *d += gi);
-            Ok(dh)
+            Ok(residual_input_grad(&h, norm, &dx, &g, f.eps))
         })?;
         Ok((CpuStorage::F32(dh), l1.shape().clone()))
     }
