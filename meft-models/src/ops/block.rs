@@ -18,10 +18,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
 use super::attention::{Attention, HeadDims, KeepProbs, KvHeads, RopeSpec};
-use super::kernels::{
-    f32_data, linear_bwd_rows, linear_residual_rows, linear_rows, rms_norm_bwd_rows, rms_norm_rows, swiglu_bwd_rows, swiglu_rows,
-    CausalMask, RopeTables,
-};
+use super::kernels::{f32_data, rms_norm_bwd_rows, rms_norm_rows, swiglu_bwd_rows, swiglu_rows, CausalMask, RopeTables};
+use super::linear::{linear_bwd_rows, linear_residual_rows, linear_rows};
 use crate::config::RopeLayout;
 
 /// Frozen f32 weights of the attention half of a layer.
@@ -69,12 +67,12 @@ fn block_rows(l: &Layout, norm: &Tensor, op: &str) -> Result<(usize, usize, usiz
 }
 
 /// The block input and the gradient of its output, checked to have the same shape.
-fn input_and_grad<'a>(op: &str, (s1, l1): (&'a CpuStorage, &Layout), (s2, l2): (&'a CpuStorage, &Layout)) -> Result<(Cow<'a, [f32]>, Cow<'a, [f32]>)> {
+fn input_and_grad<'a>(op: &str, (s1, l1): (&'a CpuStorage, &Layout), (s2, l2): (&'a CpuStorage, &Layout)) -> Result<[Cow<'a, [f32]>; 2]> {
     let (h, g) = (f32_data(s1, l1, op)?, f32_data(s2, l2, op)?);
     if g.len() != h.len() {
         bail!("{op}: gradient {:?} does not match the input {:?}", l2.dims(), l1.dims())
     }
-    Ok((h, g))
+    Ok([h, g])
 }
 
 /// Input gradient of a pre-norm residual block `h + f(rms_norm(h))`: the residual's `g` plus the
@@ -178,7 +176,7 @@ impl CustomOp2 for AttentionBlockBwd<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, g) = input_and_grad(self.name(), (s1, l1), (s2, l2))?;
+        let [h, g] = input_and_grad(self.name(), (s1, l1), (s2, l2))?;
         let (b, seq, _) = block_rows(l1, &self.fwd.weights.norm, self.name())?;
         let (f, saved) = (self.fwd, self.fwd.saved()?);
         let w = &f.weights;
@@ -256,7 +254,7 @@ impl CustomOp2 for MlpBlockBwd<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, g) = input_and_grad(self.name(), (s1, l1), (s2, l2))?;
+        let [h, g] = input_and_grad(self.name(), (s1, l1), (s2, l2))?;
         let f = self.fwd;
         let gate_up = f.saved.lock().map_err(|_| candle_core::Error::Msg("mlp-block: poisoned lock".into()))?.clone();
         let Some(gate_up) = gate_up else { bail!("mlp-block: backward of a forward that kept nothing") };

@@ -13,7 +13,6 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::fastexp::{self, log_sum_exp, sigmoid};
-use super::gemm::{matmul, Dst, Mat, Parallelism};
 use crate::config::RopeLayout;
 
 /// Rows below this many elements in total are processed on the calling thread.
@@ -54,7 +53,7 @@ pub(super) fn map_rows(rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) +
     out
 }
 
-fn last_dim(l: &Layout) -> usize {
+pub(super) fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1)
 }
 
@@ -437,185 +436,6 @@ pub(super) fn swiglu_bwd_rows(x: &[f32], dy: &[f32], w: usize) -> Vec<f32> {
             ou[i] = dy[i] * g[i] * sg;
         }
     })
-}
-
-// ------------------------------------------------------------------ frozen linear
-
-/// `x·Wᵀ` of f32 `x` `(..., in)` and a frozen f32 weight `(out, in)`, computed straight into the
-/// output; the backward sends `g·W` to `x` and nothing to the weight.
-pub(super) struct FrozenLinear;
-
-impl CustomOp2 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "meft-frozen-linear-f32"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            bail!("frozen-linear: inputs must be contiguous")
-        };
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else { bail!("frozen-linear: f32 inputs only") };
-        let (x, w) = (&x[a1..b1], &w[a2..b2]);
-        let &[out_dim, in_dim] = l2.dims() else { bail!("frozen-linear: weight must be 2-d, got {:?}", l2.dims()) };
-        if last_dim(l1) != in_dim {
-            bail!("frozen-linear: input width {} does not match the weight {:?}", last_dim(l1), l2.dims())
-        }
-        let y = linear_rows(x, w, out_dim)?;
-        let mut dims = l1.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out_dim;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
-    }
-
-    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.broadcast_matmul(w)?), None))
-    }
-}
-
-/// Parallelism of the products: every rayon thread.
-pub(super) fn all_threads() -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
-}
-
-/// `x·Wᵀ` of rows `x` and a weight `w` of `out_dim` rows.
-pub(super) fn linear_rows(x: &[f32], w: &[f32], out_dim: usize) -> Result<Vec<f32>> {
-    let rows = x.len() / (w.len() / out_dim.max(1)).max(1);
-    column_split_linear(x, w, out_dim, vec![0f32; rows * out_dim], Dst::Overwrite)
-}
-
-/// `h + x·Wᵀ`: [`linear_rows`] accumulated onto a copy of the residual rows `h`.
-pub(super) fn linear_residual_rows(x: &[f32], w: &[f32], h: &[f32], out_dim: usize) -> Result<Vec<f32>> {
-    column_split_linear(x, w, out_dim, h.to_vec(), Dst::Accumulate)
-}
-
-/// `y (=|+=) x·Wᵀ` with the output columns split across the rayon threads, one single-threaded
-/// product per block of `W`'s rows.
-///
-/// A frozen weight stored `(out, in)` is the strided operand of this product, which the gemm
-/// crate repacks on the calling thread before it parallelises anything: with two threads, one
-/// core idled through ~15 % of a forward + backward. Splitting by output columns packs each
-/// block of `W` on the thread that uses it. Reference: [`linear_rows_slow`].
-fn column_split_linear(x: &[f32], w: &[f32], out_dim: usize, mut y: Vec<f32>, mode: Dst) -> Result<Vec<f32>> {
-    let in_dim = w.len() / out_dim.max(1);
-    let rows = x.len() / in_dim.max(1);
-    if x.len() != rows * in_dim || w.len() != out_dim * in_dim || y.len() != rows * out_dim {
-        bail!("linear: input {} / weight {} / output {} elements disagree for {out_dim} outputs", x.len(), w.len(), y.len())
-    }
-    let blocks = rayon::current_num_threads().clamp(1, out_dim.max(1));
-    let width = out_dim.div_ceil(blocks);
-    let parts: Vec<(usize, Vec<f32>)> = (0..out_dim)
-        .step_by(width.max(1))
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|o0| {
-            let cols = width.min(out_dim - o0);
-            let mut part = vec![0f32; rows * cols];
-            let wm = Mat::dense(cols, in_dim).t();
-            matmul(&mut part, Mat::dense(rows, cols), (x, Mat::dense(rows, in_dim)), (&w[o0 * in_dim..], wm), 1.0, Parallelism::None)?;
-            Ok((o0, part))
-        })
-        .collect::<Result<_>>()?;
-    y.par_chunks_mut(out_dim.max(1)).enumerate().for_each(|(r, dst)| {
-        for (o0, part) in &parts {
-            let cols = part.len() / rows.max(1);
-            let (dst, src) = (&mut dst[*o0..o0 + cols], &part[r * cols..(r + 1) * cols]);
-            match mode {
-                Dst::Overwrite => dst.copy_from_slice(src),
-                Dst::Accumulate => dst.iter_mut().zip(src).for_each(|(d, s)| *d += s),
-            }
-        }
-    });
-    Ok(y)
-}
-
-/// Reference form of [`linear_rows`]: one product over all columns.
-#[cfg(test)]
-pub(super) fn linear_rows_slow(x: &[f32], w: &[f32], out_dim: usize) -> Result<Vec<f32>> {
-    let in_dim = w.len() / out_dim.max(1);
-    let rows = x.len() / in_dim.max(1);
-    let mut y = vec![0f32; rows * out_dim];
-    matmul(&mut y, Mat::dense(rows, out_dim), (x, Mat::dense(rows, in_dim)), (w, Mat::dense(out_dim, in_dim).t()), 1.0, Parallelism::None)?;
-    Ok(y)
-}
-
-/// Gradient of [`linear_rows`] w.r.t. `x`: `g·W` for a weight of `out_dim` rows.
-pub(super) fn linear_bwd_rows(g: &[f32], w: &[f32], out_dim: usize) -> Result<Vec<f32>> {
-    let in_dim = w.len() / out_dim.max(1);
-    let rows = g.len() / out_dim.max(1);
-    let mut dx = vec![0f32; rows * in_dim];
-    matmul(&mut dx, Mat::dense(rows, in_dim), (g, Mat::dense(rows, out_dim)), (w, Mat::dense(out_dim, in_dim)), 1.0, all_threads())?;
-    Ok(dx)
-}
-
-/// `h + x·Wᵀ` of f32 `x` `(..., in)`, frozen `W` `(out, in)` and a residual `h` `(..., out)`,
-/// the product accumulated straight onto a copy of `h`; the backward sends `g·W` to `x`, `g` to
-/// `h` and nothing to the weight.
-pub(super) struct FrozenLinearResidual;
-
-impl CustomOp3 for FrozenLinearResidual {
-    fn name(&self) -> &'static str {
-        "meft-frozen-linear-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (Some((a1, b1)), Some((a2, b2)), Some((a3, b3))) =
-            (l1.contiguous_offsets(), l2.contiguous_offsets(), l3.contiguous_offsets())
-        else {
-            bail!("frozen-linear-residual: inputs must be contiguous")
-        };
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(h)) = (s1, s2, s3) else {
-            bail!("frozen-linear-residual: f32 inputs only")
-        };
-        let (x, w, h) = (&x[a1..b1], &w[a2..b2], &h[a3..b3]);
-        let &[out_dim, in_dim] = l2.dims() else { bail!("frozen-linear-residual: weight must be 2-d") };
-        let rows = x.len() / in_dim.max(1);
-        if last_dim(l1) != in_dim || h.len() != rows * out_dim {
-            bail!("frozen-linear-residual: x {:?}, weight {:?} and residual {:?} disagree", l1.dims(), l2.dims(), l3.dims())
-        }
-        Ok((CpuStorage::F32(linear_residual_rows(x, w, h, out_dim)?), l3.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, w: &Tensor, _h: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.broadcast_matmul(w)?), None, Some(g.clone())))
-    }
-}
-
-/// Identity on its second argument (the precomputed `x·Wᵀ`) whose backward sends `g·W` to the
-/// first argument (`x`) and nothing to the weight: the weight gradient of a frozen layer is never
-/// computed.
-pub(super) struct FrozenLinearGrad {
-    pub weight: Tensor,
-}
-
-impl CustomOp2 for FrozenLinearGrad {
-    fn name(&self) -> &'static str {
-        "meft-frozen-linear"
-    }
-
-    fn cpu_fwd(&self, _s1: &CpuStorage, _l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l2.contiguous_offsets() else { bail!("frozen-linear: output must be contiguous") };
-        let out = match s2 {
-            CpuStorage::F32(v) => CpuStorage::F32(v[a..b].to_vec()),
-            CpuStorage::BF16(v) => CpuStorage::BF16(v[a..b].to_vec()),
-            CpuStorage::F16(v) => CpuStorage::F16(v[a..b].to_vec()),
-            other => bail!("frozen-linear: unsupported dtype {:?}", other.dtype()),
-        };
-        Ok((out, l2.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.broadcast_matmul(&self.weight)?), None))
-    }
 }
 
 // ------------------------------------------------------------------ cross-entropy

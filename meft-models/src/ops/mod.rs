@@ -11,6 +11,7 @@ mod block;
 mod fastexp;
 mod gemm;
 mod kernels;
+mod linear;
 
 use std::sync::Mutex;
 
@@ -20,7 +21,8 @@ pub use attention::HeadDims;
 pub use block::{attention_block, mlp_block, AttentionBlockWeights, MlpBlockWeights};
 use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
 pub use kernels::RopeTables;
-use kernels::{CausalMask, CrossEntropy, FrozenLinear, FrozenLinearGrad, FrozenLinearResidual, LogitRows, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
+use kernels::{CausalMask, CrossEntropy, LogitRows, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
+use linear::{FrozenLinear, FrozenLinearGrad, FrozenLinearResidual};
 
 use crate::config::RopeLayout;
 

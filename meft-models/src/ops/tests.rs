@@ -190,15 +190,15 @@ proptest! {
     #[test]
     fn column_split_linear_matches_single_product(rows in 1usize..9, d_in in 1usize..40, d_out in 1usize..70, seed in 0u64..1000) {
         let (x, w, h) = (values(rows * d_in, seed, 1.0), values(d_out * d_in, seed + 1, 1.0), values(rows * d_out, seed + 2, 1.0));
-        let want = kernels::linear_rows_slow(&x, &w, d_out).unwrap();
-        let got = kernels::linear_rows(&x, &w, d_out).unwrap();
-        let got_res = kernels::linear_residual_rows(&x, &w, &h, d_out).unwrap();
+        let want = linear::linear_rows_slow(&x, &w, d_out).unwrap();
+        let got = linear::linear_rows(&x, &w, d_out).unwrap();
+        let got_res = linear::linear_residual_rows(&x, &w, &h, d_out).unwrap();
         for i in 0..want.len() {
             prop_assert!((got[i] - want[i]).abs() <= 1e-5 * want[i].abs().max(1.0), "[{i}] {} vs {}", got[i], want[i]);
             let with_res = want[i] + h[i];
             prop_assert!((got_res[i] - with_res).abs() <= 1e-5 * with_res.abs().max(1.0));
         }
-        prop_assert!(kernels::linear_rows(&x[1..], &w, d_out).is_err() || d_in == 1);
+        prop_assert!(linear::linear_rows(&x[1..], &w, d_out).is_err() || d_in == 1);
     }
 }
 
