@@ -223,14 +223,6 @@ fn row_blocks(mask: &CausalMask, seq: usize, keys: usize) -> impl Iterator<Item 
     })
 }
 
-fn softmax_in_place(row: &mut [f32], (a, b): (usize, usize)) {
-    let max = fastexp::max(&row[a..b]);
-    let inv = 1.0 / fastexp::exp_shifted_in_place(&mut row[a..b], max);
-    row[a..b].iter_mut().for_each(|v| *v *= inv);
-    row[..a].fill(0.0);
-    row[b..].fill(0.0);
-}
-
 impl Attention {
     /// Output rows (`seq × head_dim`) and probabilities (`seq × keys`) of head `i` of batch `bi`.
     fn head(&self, g: &Geometry, qkv: &[f32], kv: &[f32], bi: usize, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
@@ -246,7 +238,7 @@ impl Attention {
             let p_b = &mut p[b.rows.start * n + b.keys.start..];
             matmul(p_b, Mat::strided(rows, cols, n), (q_b, Mat::dense(rows, hd)), (k_b, Mat::dense(cols, hd).t()), 1.0, none)?;
             for t in b.rows.clone() {
-                softmax_in_place(&mut p[t * n..(t + 1) * n], self.mask.visible(t, n));
+                fastexp::softmax_visible(&mut p[t * n..(t + 1) * n], self.mask.visible(t, n));
             }
             let p_b = &p[b.rows.start * n + b.keys.start..];
             matmul(&mut o[b.rows.start * hd..], Mat::dense(rows, hd), (p_b, Mat::strided(rows, cols, n)), (v_b, Mat::dense(cols, hd)), 1.0, none)?;

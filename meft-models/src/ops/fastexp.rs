@@ -1,5 +1,5 @@
 //! A branch-free `exp` for f32 that the compiler vectorises, and the reductions built on it
-//! (softmax normalisation, log-sum-exp, sigmoid).
+//! (masked softmax, log-sum-exp, sigmoid).
 //!
 //! `f32::exp` is a libm call per element, which keeps every loop around it scalar: softmax,
 //! cross-entropy and SwiGLU spent ~5 % of a SmolLM2 forward + backward in `__expf_fma`. This
@@ -42,7 +42,7 @@ pub(super) fn sigmoid(x: f32) -> f32 {
 /// Sum of a slice with eight independent accumulators (vectorises; order differs from a plain
 /// left fold by rounding only).
 #[inline]
-pub(super) fn sum(xs: &[f32]) -> f32 {
+fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -56,15 +56,24 @@ pub(super) fn sum(xs: &[f32]) -> f32 {
 
 /// Largest element (−∞ for an empty slice).
 #[inline]
-pub(super) fn max(xs: &[f32]) -> f32 {
+fn max(xs: &[f32]) -> f32 {
     xs.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// `xs[i] = e^(xs[i] − shift)`, returning their sum.
 #[inline]
-pub(super) fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
+fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
     xs.iter_mut().for_each(|v| *v = exp(*v - shift));
     sum(xs)
+}
+
+/// Softmax of `row[a..b]` in place; every entry outside that range becomes exactly 0.
+pub(super) fn softmax_visible(row: &mut [f32], (a, b): (usize, usize)) {
+    let m = max(&row[a..b]);
+    let inv = 1.0 / exp_shifted_in_place(&mut row[a..b], m);
+    row[a..b].iter_mut().for_each(|v| *v *= inv);
+    row[..a].fill(0.0);
+    row[b..].fill(0.0);
 }
 
 /// `log Σ e^x` of a row, stable for large inputs.

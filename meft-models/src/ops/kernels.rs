@@ -192,9 +192,7 @@ impl CustomOp1 for MaskedSoftmax {
         let out = map_rows(x.len() / t.max(1), t, |r, o| {
             let (a, b) = self.mask.visible(r, t);
             o[a..b].copy_from_slice(&x[r * t + a..r * t + b]);
-            let max = fastexp::max(&o[a..b]);
-            let inv = 1.0 / fastexp::exp_shifted_in_place(&mut o[a..b], max);
-            o[a..b].iter_mut().for_each(|v| *v *= inv);
+            fastexp::softmax_visible(o, (a, b));
         });
         Ok((storage_of(out, s.dtype())?, l.shape().clone()))
     }
