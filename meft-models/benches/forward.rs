@@ -56,8 +56,8 @@ fn infer(model: &Llama, toks: &Tensor) {
 
 fn forward_backward(model: &Llama, toks: &Tensor) {
     let h = Var::from_tensor(&model.embed(toks).unwrap()).unwrap();
-    let logits = model.forward_embeds(h.as_tensor(), &NoAdapters).unwrap();
-    let grads = model.next_token_loss(&logits, toks, None).unwrap().backward().unwrap();
+    let last = model.hidden_embeds(h.as_tensor(), &NoAdapters).unwrap();
+    let grads = model.next_token_loss_of_hidden(&last, toks, None).unwrap().backward().unwrap();
     assert!(grads.get(h.as_tensor()).is_some());
 }
 

@@ -205,6 +205,37 @@ fn masked_loss_counts_only_selected_targets() {
     assert!(model.next_token_loss(&logits, &toks, Some(&zeros)).is_err());
 }
 
+/// The loss from the last hidden states (head and loss fused) equals the loss of the logits, with
+/// and without a mask, and so do the gradients reaching the embeddings.
+#[test]
+fn loss_of_hidden_states_equals_loss_of_logits() {
+    for name in ["llama_tiny", "mistral_tiny"] {
+        let model = model(name, OpPath::Fused);
+        let toks = tokens(name);
+        let mask = Tensor::from_vec((0..toks.elem_count()).map(|i| (i % 3 != 1) as u8 as f32).collect::<Vec<f32>>(), toks.dims(), &Device::Cpu).unwrap();
+        for m in [None, Some(&mask)] {
+            let run = |fused: bool| {
+                let h = Var::from_tensor(&model.embed(&toks).unwrap()).unwrap();
+                let loss = if fused {
+                    let last = model.hidden_embeds(h.as_tensor(), &NoAdapters).unwrap();
+                    model.next_token_loss_of_hidden(&last, &toks, m).unwrap()
+                } else {
+                    model.next_token_loss(&model.forward_embeds(h.as_tensor(), &NoAdapters).unwrap(), &toks, m).unwrap()
+                };
+                let grad = loss.backward().unwrap().get(h.as_tensor()).expect("embedding gradient").clone();
+                (scalar(&loss), grad.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            };
+            let ((l1, g1), (l2, g2)) = (run(true), run(false));
+            assert!((l1 - l2).abs() < 1e-6 * l2.abs().max(1.0), "{name}: loss {l1} vs {l2}");
+            for (a, b) in g1.iter().zip(&g2) {
+                assert!((a - b).abs() <= 1e-6 + 1e-4 * b.abs(), "{name}: gradient {a} vs {b}");
+            }
+        }
+        let short = toks.narrow(1, 0, 1).unwrap();
+        assert!(model.next_token_loss_of_hidden(&model.embed(&short).unwrap(), &short, None).is_err());
+    }
+}
+
 #[test]
 fn score_equals_mean_loss_of_forward() {
     let model = model("mistral_tiny", OpPath::Reference);

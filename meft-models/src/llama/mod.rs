@@ -111,12 +111,21 @@ impl Llama {
     /// # Shapes
     /// `h`: `(batch, seq, hidden)`; result `(batch, seq, vocab)`.
     pub fn forward_embeds(&self, h: &Tensor, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
+        Ok(self.head(&self.hidden_embeds(h, hook)?, self.op_path)?)
+    }
+
+    /// Training forward from embeddings through every decoder layer, without the final norm and
+    /// head: the input of [`Llama::next_token_loss_of_hidden`].
+    ///
+    /// # Shapes
+    /// `h`: `(batch, seq, hidden)`; result likewise.
+    pub fn hidden_embeds(&self, h: &Tensor, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
         let ctx = self.context(hook, self.op_path, 0, h.dim(1)?);
         let mut h = h.clone();
         for layer in &self.layers {
             h = layer.forward(&h, &ctx, None)?;
         }
-        Ok(self.head(&h, ctx.path)?)
+        Ok(h)
     }
 
     /// Final norm and output head.
@@ -176,28 +185,20 @@ impl Llama {
     /// # Shapes
     /// `logits`: `(batch, seq, vocab)`, `tokens`/`mask`: `(batch, seq)`; result a scalar.
     pub fn next_token_loss(&self, logits: &Tensor, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
-        let (b, s, _) = logits.dims3()?;
-        if s < 2 {
-            return Err(ModelError::InvalidInput { op: "next_token_loss", reason: "need at least two tokens".into() });
-        }
-        if tokens.dims() != [b, s] {
-            return Err(ModelError::InvalidInput {
-                op: "next_token_loss",
-                reason: format!("tokens {:?} do not match logits {:?}", tokens.dims(), logits.dims()),
-            });
-        }
-        let nll = ops::next_token_nll(logits, tokens, self.op_path)?;
-        match mask {
-            None => Ok(nll.mean_all()?),
-            Some(m) => {
-                let m = m.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(nll.dtype())?;
-                let count = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if count == 0.0 {
-                    return Err(ModelError::InvalidInput { op: "next_token_loss", reason: "the mask selects no token".into() });
-                }
-                Ok(((nll * m)?.sum_all()? / count)?)
-            }
-        }
+        check_next_token_shapes(logits, tokens)?;
+        masked_mean(&ops::next_token_nll(logits, tokens, self.op_path)?, mask, tokens.dim(1)?)
+    }
+
+    /// [`Llama::next_token_loss`] of the logits of the last hidden states `h` (the output of
+    /// [`Llama::hidden_embeds`]): same value and gradients, but the head and the loss are one
+    /// node ([`ops::head_next_token_nll`]), so the vocabulary-sized logits never enter autograd.
+    ///
+    /// # Shapes
+    /// `h`: `(batch, seq, hidden)`, `tokens`/`mask`: `(batch, seq)`; result a scalar.
+    pub fn next_token_loss_of_hidden(&self, h: &Tensor, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        check_next_token_shapes(h, tokens)?;
+        let x = ops::rms_norm(h, &self.norm, self.config.rms_norm_eps, self.op_path)?;
+        masked_mean(&ops::head_next_token_nll(&x, &self.lm_head, tokens, self.op_path)?, mask, tokens.dim(1)?)
     }
 
     /// Mean next-token negative log-likelihood of `tokens` (no gradient; used by `meft score`).
@@ -236,4 +237,32 @@ fn load_layer(cfg: &ModelConfig, w: &mut WeightMap, i: usize, dtype: DType, devi
         mlp,
         eps: cfg.rms_norm_eps,
     })
+}
+
+/// `tokens` is `(batch, seq)` with `seq ≥ 2` and matches the first two dimensions of `x`
+/// (`(batch, seq, vocab or hidden)`).
+fn check_next_token_shapes(x: &Tensor, tokens: &Tensor) -> Result<(), ModelError> {
+    let (b, s, _) = x.dims3()?;
+    if s < 2 {
+        return Err(ModelError::InvalidInput { op: "next_token_loss", reason: "need at least two tokens".into() });
+    }
+    if tokens.dims() != [b, s] {
+        return Err(ModelError::InvalidInput {
+            op: "next_token_loss",
+            reason: format!("tokens {:?} do not match the model output {:?}", tokens.dims(), x.dims()),
+        });
+    }
+    Ok(())
+}
+
+/// Mean of the per-position losses `nll` (`batch·(seq − 1)`) over the positions `mask` selects
+/// (its first column ignored), or over all of them.
+fn masked_mean(nll: &Tensor, mask: Option<&Tensor>, seq: usize) -> Result<Tensor, ModelError> {
+    let Some(m) = mask else { return Ok(nll.mean_all()?) };
+    let m = m.narrow(1, 1, seq - 1)?.flatten_all()?.to_dtype(nll.dtype())?;
+    let count = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if count == 0.0 {
+        return Err(ModelError::InvalidInput { op: "next_token_loss", reason: "the mask selects no token".into() });
+    }
+    Ok(((nll * m)?.sum_all()? / count)?)
 }

@@ -39,25 +39,43 @@ pub(super) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Sum of a slice with eight independent accumulators (vectorises; order differs from a plain
-/// left fold by rounding only).
-#[inline]
-fn sum(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
+/// Independent accumulators of the reductions: one AVX-512 register of f32 lanes.
+const LANES: usize = 16;
+
+/// Sum of `f(x)` over a slice with [`LANES`] independent accumulators (vectorises; the order
+/// differs from a plain left fold by rounding only).
+#[inline(always)]
+fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
     for c in chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
+            *a += f(v);
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// Largest element (−∞ for an empty slice).
+/// Sum of a slice (see [`sum_of`]).
+#[inline]
+fn sum(xs: &[f32]) -> f32 {
+    sum_of(xs, |x| x)
+}
+
+/// Largest element, NaNs ignored (−∞ for an empty slice). Lane-wise like [`sum_of`]: a plain
+/// `fold(f32::max)` is one serial chain of scalar comparisons.
 #[inline]
 fn max(xs: &[f32]) -> f32 {
-    xs.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
 }
 
 /// `xs[i] = e^(xs[i] − shift)`, returning their sum.
@@ -79,15 +97,7 @@ pub(super) fn softmax_visible(row: &mut [f32], (a, b): (usize, usize)) {
 /// `log Σ e^x` of a row, stable for large inputs.
 pub(super) fn log_sum_exp(row: &[f32]) -> f32 {
     let m = max(row);
-    let mut acc = [0f32; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - m)).sum();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += exp(v - m);
-        }
-    }
-    m + (acc.iter().sum::<f32>() + tail).ln()
+    m + sum_of(row, |x| exp(x - m)).ln()
 }
 
 #[cfg(test)]
@@ -132,6 +142,7 @@ mod tests {
             if !xs.is_empty() {
                 prop_assert!((log_sum_exp(&xs) - plain_lse).abs() <= 1e-5 * plain_lse.abs().max(1.0));
             }
+            prop_assert_eq!(max(&xs), xs.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             let plain_sum: f32 = xs.iter().sum();
             prop_assert!((sum(&xs) - plain_sum).abs() <= 1e-4 * xs.iter().map(|x| x.abs()).sum::<f32>().max(1.0));
             let mut shifted = xs.clone();

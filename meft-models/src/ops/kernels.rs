@@ -456,7 +456,7 @@ pub(super) enum LogitRows {
 
 impl LogitRows {
     /// Number of scored rows among `rows`.
-    fn count(self, rows: usize) -> usize {
+    pub(super) fn count(self, rows: usize) -> usize {
         match self {
             LogitRows::All => rows,
             LogitRows::AllButLastOf(seq) => rows / seq.max(1) * seq.saturating_sub(1),
@@ -464,7 +464,7 @@ impl LogitRows {
     }
 
     /// The logits row of scored row `r`.
-    fn source(self, r: usize) -> usize {
+    pub(super) fn source(self, r: usize) -> usize {
         match self {
             LogitRows::All => r,
             LogitRows::AllButLastOf(seq) => r / (seq - 1) * seq + r % (seq - 1),
@@ -472,7 +472,7 @@ impl LogitRows {
     }
 
     /// The scored row of logits row `r`, if it is scored.
-    fn scored(self, r: usize) -> Option<usize> {
+    pub(super) fn scored(self, r: usize) -> Option<usize> {
         match self {
             LogitRows::All => Some(r),
             LogitRows::AllButLastOf(seq) => (r % seq != seq - 1).then(|| r / seq * (seq - 1) + r % seq),
@@ -513,7 +513,8 @@ impl CustomOp2 for CrossEntropy {
     }
 }
 
-fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [u32]>> {
+/// Targets of a cross-entropy as u32 (i64 accepted, negatives clamped to 0).
+pub(super) fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [u32]>> {
     let Some((a, b)) = l.contiguous_offsets() else { bail!("cross-entropy: targets must be contiguous") };
     Ok(match s {
         CpuStorage::U32(v) => Cow::Borrowed(&v[a..b]),

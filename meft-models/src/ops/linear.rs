@@ -3,10 +3,11 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::gemm::{matmul, Dst, Mat, Parallelism};
-use super::kernels::last_dim;
+use super::gemm::{matmul_column_split, Dst, Mat};
+#[cfg(test)]
+use super::gemm::{matmul, Parallelism};
+use super::kernels::{f32_data, last_dim};
 
 /// `x·Wᵀ` of f32 `x` `(..., in)` and a frozen f32 weight `(out, in)`, computed straight into the
 /// output; the backward sends `g·W` to `x` and nothing to the weight.
@@ -36,14 +37,39 @@ impl CustomOp2 for FrozenLinear {
     }
 
     fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.broadcast_matmul(w)?), None))
+        Ok((Some(input_grad(g, w)?), None))
     }
 }
 
-/// Parallelism of the products: every rayon thread.
-pub(super) fn all_threads() -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
+/// `g·W`, the input gradient of a frozen f32 projection: [`linear_bwd_rows`] for contiguous f32
+/// CPU operands, candle's matmul otherwise.
+fn input_grad(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if g.dtype() != candle_core::DType::F32 || !g.device().is_cpu() {
+        return g.broadcast_matmul(w);
+    }
+    g.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &InputGrad)
+}
+
+/// `g (..., out) · W (out, in)` as one column-split product.
+struct InputGrad;
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "meft-frozen-linear-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, w) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        let &[out_dim, in_dim] = l2.dims() else { bail!("frozen-linear-input-grad: weight must be 2-d, got {:?}", l2.dims()) };
+        if last_dim(l1) != out_dim {
+            bail!("frozen-linear-input-grad: gradient width {} does not match the weight {:?}", last_dim(l1), l2.dims())
+        }
+        let mut dims = l1.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = in_dim;
+        }
+        Ok((CpuStorage::F32(linear_bwd_rows(&g, &w, out_dim)?), Shape::from(dims)))
+    }
 }
 
 /// `x·Wᵀ` of rows `x` and a weight `w` of `out_dim` rows.
@@ -57,43 +83,16 @@ pub(super) fn linear_residual_rows(x: &[f32], w: &[f32], h: &[f32], out_dim: usi
     column_split_linear(x, w, out_dim, h.to_vec(), Dst::Accumulate)
 }
 
-/// `y (=|+=) x·Wᵀ` with the output columns split across the rayon threads, one single-threaded
-/// product per block of `W`'s rows.
-///
-/// A frozen weight stored `(out, in)` is the strided operand of this product, which the gemm
-/// crate repacks on the calling thread before it parallelises anything: with two threads, one
-/// core idled through ~15 % of a forward + backward. Splitting by output columns packs each
-/// block of `W` on the thread that uses it. Reference: [`linear_rows_slow`].
+/// `y (=|+=) x·Wᵀ` with the output columns split across the rayon threads
+/// ([`matmul_column_split`]): a frozen weight stored `(out, in)` is the strided operand of this
+/// product, and each thread packs its own block of `W`'s rows. Reference: [`linear_rows_slow`].
 fn column_split_linear(x: &[f32], w: &[f32], out_dim: usize, mut y: Vec<f32>, mode: Dst) -> Result<Vec<f32>> {
     let in_dim = w.len() / out_dim.max(1);
     let rows = x.len() / in_dim.max(1);
     if x.len() != rows * in_dim || w.len() != out_dim * in_dim || y.len() != rows * out_dim {
         bail!("linear: input {} / weight {} / output {} elements disagree for {out_dim} outputs", x.len(), w.len(), y.len())
     }
-    let blocks = rayon::current_num_threads().clamp(1, out_dim.max(1));
-    let width = out_dim.div_ceil(blocks);
-    let parts: Vec<(usize, Vec<f32>)> = (0..out_dim)
-        .step_by(width.max(1))
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|o0| {
-            let cols = width.min(out_dim - o0);
-            let mut part = vec![0f32; rows * cols];
-            let wm = Mat::dense(cols, in_dim).t();
-            matmul(&mut part, Mat::dense(rows, cols), (x, Mat::dense(rows, in_dim)), (&w[o0 * in_dim..], wm), 1.0, Parallelism::None)?;
-            Ok((o0, part))
-        })
-        .collect::<Result<_>>()?;
-    y.par_chunks_mut(out_dim.max(1)).enumerate().for_each(|(r, dst)| {
-        for (o0, part) in &parts {
-            let cols = part.len() / rows.max(1);
-            let (dst, src) = (&mut dst[*o0..o0 + cols], &part[r * cols..(r + 1) * cols]);
-            match mode {
-                Dst::Overwrite => dst.copy_from_slice(src),
-                Dst::Accumulate => dst.iter_mut().zip(src).for_each(|(d, s)| *d += s),
-            }
-        }
-    });
+    matmul_column_split(&mut y, Mat::dense(rows, out_dim), mode, (x, Mat::dense(rows, in_dim)), (w, Mat::dense(out_dim, in_dim).t()), 1.0)?;
     Ok(y)
 }
 
@@ -111,8 +110,11 @@ pub(super) fn linear_rows_slow(x: &[f32], w: &[f32], out_dim: usize) -> Result<V
 pub(super) fn linear_bwd_rows(g: &[f32], w: &[f32], out_dim: usize) -> Result<Vec<f32>> {
     let in_dim = w.len() / out_dim.max(1);
     let rows = g.len() / out_dim.max(1);
+    if g.len() != rows * out_dim || w.len() != out_dim * in_dim {
+        bail!("linear-bwd: gradient {} / weight {} elements disagree for {out_dim} outputs", g.len(), w.len())
+    }
     let mut dx = vec![0f32; rows * in_dim];
-    matmul(&mut dx, Mat::dense(rows, in_dim), (g, Mat::dense(rows, out_dim)), (w, Mat::dense(out_dim, in_dim)), 1.0, all_threads())?;
+    matmul_column_split(&mut dx, Mat::dense(rows, in_dim), Dst::Overwrite, (g, Mat::dense(rows, out_dim)), (w, Mat::dense(out_dim, in_dim)), 1.0)?;
     Ok(dx)
 }
 
@@ -153,7 +155,7 @@ impl CustomOp3 for FrozenLinearResidual {
     }
 
     fn bwd(&self, _x: &Tensor, w: &Tensor, _h: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.broadcast_matmul(w)?), None, Some(g.clone())))
+        Ok((Some(input_grad(g, w)?), None, Some(g.clone())))
     }
 }
 
@@ -181,6 +183,6 @@ impl CustomOp2 for FrozenLinearGrad {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.broadcast_matmul(&self.weight)?), None))
+        Ok((Some(input_grad(g, &self.weight)?), None))
     }
 }

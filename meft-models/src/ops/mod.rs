@@ -10,6 +10,7 @@ mod attention;
 mod block;
 mod fastexp;
 mod gemm;
+mod head_loss;
 mod kernels;
 mod linear;
 
@@ -345,6 +346,25 @@ pub fn next_token_nll(logits: &Tensor, tokens: &Tensor, path: OpPath) -> Result<
         OpPath::Fused => logits.contiguous()?.apply_op2(&targets, CrossEntropy { rows: LogitRows::AllButLastOf(s) }),
         OpPath::Reference => next_token_nll_slow(logits, tokens),
     }
+}
+
+/// [`next_token_nll`] of the logits `x·Wᵀ` of the final-normed hidden states `x` and a head `w`
+/// `(vocab, hidden)`: on the fused path with a frozen f32 head, one node that never hands
+/// autograd the vocabulary-sized logits ([`head_loss`]); otherwise [`linear`] then
+/// [`next_token_nll`].
+///
+/// # Shapes
+/// `x`: `(batch, seq, hidden)` with `seq ≥ 2`, `tokens`: `(batch, seq)`; result
+/// `(batch·(seq − 1))`, sequence-major.
+pub fn head_next_token_nll(x: &Tensor, w: &Tensor, tokens: &Tensor, path: OpPath) -> Result<Tensor> {
+    let fused = path.on(x.device()) == OpPath::Fused && x.dtype() == DType::F32 && w.dtype() == DType::F32 && !w.track_op();
+    if !fused {
+        return next_token_nll(&linear(x, w)?, tokens, path);
+    }
+    let (_, s, _) = x.dims3()?;
+    let targets = tokens.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(DType::U32)?;
+    let op = head_loss::HeadNll::new(LogitRows::AllButLastOf(s), x.track_op());
+    x.contiguous()?.apply_op3(&w.contiguous()?, &targets, op)
 }
 
 /// Reference form of [`next_token_nll`]: drop the last position, flatten, [`cross_entropy_slow`].

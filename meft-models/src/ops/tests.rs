@@ -185,8 +185,8 @@ fn attention_without_gradients_matches_reference() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
-    /// The column-split product (one block of output columns per thread) against one product
-    /// over all columns, with and without a residual.
+    /// The column-split products (one block of output columns per thread) against one product
+    /// over all columns, with and without a residual, and the input gradient against loops.
     #[test]
     fn column_split_linear_matches_single_product(rows in 1usize..9, d_in in 1usize..40, d_out in 1usize..70, seed in 0u64..1000) {
         let (x, w, h) = (values(rows * d_in, seed, 1.0), values(d_out * d_in, seed + 1, 1.0), values(rows * d_out, seed + 2, 1.0));
@@ -199,6 +199,15 @@ proptest! {
             prop_assert!((got_res[i] - with_res).abs() <= 1e-5 * with_res.abs().max(1.0));
         }
         prop_assert!(linear::linear_rows(&x[1..], &w, d_out).is_err() || d_in == 1);
+        // The input gradient g·W splits the columns of a row-major (not transposed) operand.
+        let g = values(rows * d_out, seed + 3, 1.0);
+        let dx = linear::linear_bwd_rows(&g, &w, d_out).unwrap();
+        for r in 0..rows {
+            for c in 0..d_in {
+                let want: f32 = (0..d_out).map(|o| g[r * d_out + o] * w[o * d_in + c]).sum();
+                prop_assert!((dx[r * d_in + c] - want).abs() <= 1e-5 * want.abs().max(1.0), "dx[{r},{c}]");
+            }
+        }
     }
 }
 
@@ -242,4 +251,36 @@ fn rope_inverse_undoes_rotation() {
     let y = rope(xv.as_tensor(), &tables, RopeLayout::Interleaved, OpPath::Fused).unwrap();
     let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     assert_close("rope orthogonality", g.get(xv.as_tensor()).unwrap(), &(x * 2.0).unwrap());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The fused head + next-token loss against the reference head and loss: values and the
+    /// gradient of the hidden states, over a first and a second backward of the same graph (the
+    /// second finds the kept logits consumed and recomputes them).
+    #[test]
+    fn head_next_token_nll_matches_head_then_loss(b in 1usize..3, s in 2usize..7, d in 1usize..9, v in 2usize..40, seed in 0u64..1000) {
+        let x = Var::from_tensor(&tensor(&[b, s, d], seed, 1.0).unwrap()).unwrap();
+        let w = tensor(&[v, d], seed + 1, 1.0).unwrap();
+        let ids: Vec<u32> = values(b * s, seed + 2, 1.0).iter().map(|r| ((r + 1.0) * 0.5 * v as f32) as u32 % v as u32).collect();
+        let toks = Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap();
+        let probe = tensor(&[b * (s - 1)], seed + 3, 1.0).unwrap();
+        let grad = |nll: &Tensor| (nll * &probe).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).expect("gradient").clone();
+        let fused = head_next_token_nll(x.as_tensor(), &w, &toks, OpPath::Fused).unwrap();
+        let reference = next_token_nll_slow(&linear_slow(x.as_tensor(), &w).unwrap(), &toks).unwrap();
+        assert_close("head nll value", &fused, &reference);
+        let want = grad(&reference);
+        assert_close("head nll grad", &grad(&fused), &want);
+        assert_close("head nll second backward", &grad(&fused), &want);
+    }
+}
+
+#[test]
+fn head_next_token_nll_rejects_targets_outside_the_vocabulary() {
+    let x = Var::from_tensor(&tensor(&[1, 3, 4], 1, 1.0).unwrap()).unwrap();
+    let w = tensor(&[5, 4], 2, 1.0).unwrap();
+    let toks = Tensor::from_vec(vec![0u32, 7, 1], (1, 3), &Device::Cpu).unwrap();
+    let err = head_next_token_nll(x.as_tensor(), &w, &toks, OpPath::Fused).unwrap_err().to_string();
+    assert!(err.contains("target 7") && err.contains("vocabulary of 5"), "{err}");
 }

@@ -1,0 +1,124 @@
+//! The output head and the next-token cross-entropy as one autograd node: `nll = CE(x·Wᵀ)` for a
+//! frozen f32 head `W` `(vocab, hidden)`.
+//!
+//! Through separate head and loss nodes, candle's autograd gave the `(rows, vocab)` logits a
+//! zero-filled gradient buffer and added the loss backward's output onto it: two extra
+//! vocabulary-sized passes (50 MB each for SmolLM2 at 1 × 256) and their page faults, and the
+//! loss backward recomputed every row's log-sum-exp. This op keeps the logits and the
+//! log-sum-exps of its forward, turns the logits into their gradient in place, and hands autograd
+//! only the `(rows, hidden)` gradient of `x`. Reference: the separate [`super::linear`] and
+//! [`super::next_token_nll`] (compared in `ops::tests`).
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fastexp::{exp, log_sum_exp};
+use super::kernels::{f32_data, last_dim, targets, LogitRows};
+use super::linear::{linear_bwd_rows, linear_rows};
+
+/// What the forward keeps for the backward.
+struct Saved {
+    /// The logits, `(rows, vocab)`; taken (and turned into their gradient) by the first backward.
+    logits: Option<Vec<f32>>,
+    /// Log-sum-exp of every scored row.
+    lse: Vec<f32>,
+    /// The target of every scored row.
+    targets: Vec<u32>,
+}
+
+/// Per scored row, `log Σ e^z − z[target]` with `z = x·Wᵀ`; see the module docs.
+pub(super) struct HeadNll {
+    pub rows: LogitRows,
+    /// Whether the output takes part in autograd (then the forward keeps its logits).
+    pub keep: bool,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl HeadNll {
+    pub fn new(rows: LogitRows, keep: bool) -> Self {
+        Self { rows, keep, saved: Mutex::new(None) }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<Saved>>> {
+        self.saved.lock().map_err(|_| candle_core::Error::Msg("head-nll: poisoned lock".into()))
+    }
+}
+
+/// `(rows, vocab)` of the product of `x` `(..., hidden)` and a head `(vocab, hidden)`.
+fn head_dims(op: &str, lx: &Layout, lw: &Layout) -> Result<(usize, usize)> {
+    let &[vocab, hidden] = lw.dims() else { bail!("{op}: head weight must be 2-d, got {:?}", lw.dims()) };
+    if last_dim(lx) != hidden {
+        bail!("{op}: hidden width {} does not match the head {:?}", last_dim(lx), lw.dims())
+    }
+    Ok((lx.shape().elem_count() / hidden.max(1), vocab))
+}
+
+impl CustomOp3 for HeadNll {
+    fn name(&self) -> &'static str {
+        "meft-head-nll"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
+        let (rows, vocab) = head_dims(self.name(), l1, l2)?;
+        let t = targets(s3, l3)?;
+        let scored = self.rows.count(rows);
+        if t.len() != scored {
+            bail!("head-nll: {} targets for {scored} scored rows", t.len())
+        }
+        if let Some(&bad) = t.iter().find(|&&k| k as usize >= vocab) {
+            bail!("head-nll: target {bad} is outside the vocabulary of {vocab}")
+        }
+        let logits = linear_rows(&x, &w, vocab)?;
+        let lse: Vec<f32> = (0..scored).into_par_iter().map(|r| log_sum_exp(&logits[self.rows.source(r) * vocab..][..vocab])).collect();
+        let nll = (0..scored).map(|r| lse[r] - logits[self.rows.source(r) * vocab + t[r] as usize]).collect();
+        if self.keep {
+            *self.lock()? = Some(Saved { logits: Some(logits), lse, targets: t.into_owned() });
+        }
+        Ok((CpuStorage::F32(nll), Shape::from(scored)))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _t: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3_no_bwd(w, &g.contiguous()?, &HeadNllBwd { fwd: self })?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// Gradient of [`HeadNll`] w.r.t. `x`: `dz·W` with `dz = g·(softmax(z) − onehot(target))` on
+/// scored rows and 0 elsewhere.
+struct HeadNllBwd<'a> {
+    fwd: &'a HeadNll,
+}
+
+impl CustomOp3 for HeadNllBwd<'_> {
+    fn name(&self) -> &'static str {
+        "meft-head-nll-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?, f32_data(s3, l3, self.name())?);
+        let (_, vocab) = head_dims(self.name(), l1, l2)?;
+        let mut saved = self.fwd.lock()?;
+        let Some(saved) = saved.as_mut() else { bail!("head-nll: backward of a forward that kept nothing") };
+        if g.len() != saved.lse.len() {
+            bail!("head-nll: {} output gradients for {} scored rows", g.len(), saved.lse.len())
+        }
+        // A second backward of the same forward finds the logits gone and recomputes them.
+        let mut dz = match saved.logits.take() {
+            Some(logits) => logits,
+            None => linear_rows(&x, &w, vocab)?,
+        };
+        let rows = self.fwd.rows;
+        dz.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, row)| match rows.scored(r) {
+            Some(k) => {
+                let (lse, gk) = (saved.lse[k], g[k]);
+                row.iter_mut().for_each(|z| *z = exp(*z - lse) * gk);
+                row[saved.targets[k] as usize] -= gk;
+            }
+            None => row.fill(0.0),
+        });
+        Ok((CpuStorage::F32(linear_bwd_rows(&dz, &w, vocab)?), l1.shape().clone()))
+    }
+}
