@@ -14,7 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Res
 use rayon::prelude::*;
 
 use super::fastexp;
-use super::gemm::{matmul, matmul_into, Dst, Mat, Parallelism};
+use super::gemm::{matmul, Mat, Parallelism};
 use super::kernels::{f32_data, rotate_head, storage_of, CausalMask, RopeTables};
 use crate::config::RopeLayout;
 
@@ -190,20 +190,27 @@ impl Geometry {
         (((part * self.batch + bi) * self.dims.kv_heads) + j) * self.keys * self.dims.head_dim
     }
 
-    /// Rotated, scaled queries of head `i` of batch `bi`, `seq × head_dim`.
-    fn queries(&self, qkv: &[f32], rope: &RopeSpec, bi: usize, i: usize) -> Vec<f32> {
+    /// Rotated, scaled queries of head `i` of batch `bi` at the positions `rows`,
+    /// `rows.len() × head_dim`.
+    fn queries(&self, qkv: &[f32], rope: &RopeSpec, (bi, i): (usize, usize), rows: std::ops::Range<usize>) -> Vec<f32> {
         let (hd, w) = (self.dims.head_dim, self.dims.qkv_width());
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut q = vec![0f32; self.seq * hd];
-        for (t, row) in q.chunks_mut(hd).enumerate() {
+        let mut q = vec![0f32; rows.len() * hd];
+        for (t, row) in rows.zip(q.chunks_mut(hd)) {
             rotate_head(&rope.tables, rope.layout, t, 1.0, &qkv[(bi * self.seq + t) * w + i * hd..][..hd], row);
             row.iter_mut().for_each(|v| *v *= scale);
         }
         q
     }
+
+    /// `(batch, head)` of unit index `u = batch·heads + head`.
+    fn head_of(&self, u: usize) -> (usize, usize) {
+        (u / self.dims.heads, u % self.dims.heads)
+    }
 }
 
 /// Query rows processed together, and the key positions any of them can see.
+#[derive(Debug, Clone)]
 struct RowBlock {
     rows: std::ops::Range<usize>,
     keys: std::ops::Range<usize>,
@@ -223,47 +230,57 @@ fn row_blocks(mask: &CausalMask, seq: usize, keys: usize) -> impl Iterator<Item 
     })
 }
 
-impl Attention {
-    /// Output rows (`seq × head_dim`) and probabilities (`seq × keys`) of head `i` of batch `bi`.
-    fn head(&self, g: &Geometry, qkv: &[f32], kv: &[f32], bi: usize, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (s, n, hd) = (g.seq, g.keys, g.dims.head_dim);
-        let j = i / g.dims.group();
-        let q = g.queries(qkv, &self.rope, bi, i);
-        let (k, v) = (&kv[g.kv_at(0, bi, j)..][..n * hd], &kv[g.kv_at(1, bi, j)..][..n * hd]);
-        let (mut p, mut o) = (vec![0f32; s * n], vec![0f32; s * hd]);
-        let none = Parallelism::None;
-        for b in row_blocks(&self.mask, s, n) {
-            let (rows, cols) = (b.rows.len(), b.keys.len());
-            let (q_b, k_b, v_b) = (&q[b.rows.start * hd..], &k[b.keys.start * hd..], &v[b.keys.start * hd..]);
-            let p_b = &mut p[b.rows.start * n + b.keys.start..];
-            matmul(p_b, Mat::strided(rows, cols, n), (q_b, Mat::dense(rows, hd)), (k_b, Mat::dense(cols, hd).t()), 1.0, none)?;
-            for t in b.rows.clone() {
-                fastexp::softmax_visible(&mut p[t * n..(t + 1) * n], self.mask.visible(t, n));
-            }
-            let p_b = &p[b.rows.start * n + b.keys.start..];
-            matmul(&mut o[b.rows.start * hd..], Mat::dense(rows, hd), (p_b, Mat::strided(rows, cols, n)), (v_b, Mat::dense(cols, hd)), 1.0, none)?;
-        }
-        Ok((o, p))
-    }
+/// One task of the parallel kernels: a block of query rows of one (batch, head). Splitting heads
+/// into row blocks keeps both threads busy (9 heads over 2 threads left one idle for a ninth of
+/// each kernel) and bounds the per-task buffers by the block.
+#[derive(Debug, Clone)]
+struct Unit {
+    /// `batch·heads + head`.
+    u: usize,
+    block: RowBlock,
+}
+
+/// Every unit of a call, head-major, blocks in row order (the order of the probability buffer).
+fn units(g: &Geometry, mask: &CausalMask) -> Vec<Unit> {
+    (0..g.batch * g.dims.heads).flat_map(|u| row_blocks(mask, g.seq, g.keys).map(move |block| Unit { u, block })).collect()
 }
 
 impl Attention {
+    /// Output rows (`rows × head_dim`) of one unit; its probabilities (`rows × keys`) go to `p`.
+    fn block(&self, g: &Geometry, (qkv, kv): (&[f32], &[f32]), unit: &Unit, p: &mut [f32]) -> Result<Vec<f32>> {
+        let (n, hd) = (g.keys, g.dims.head_dim);
+        let (bi, i) = g.head_of(unit.u);
+        let j = i / g.dims.group();
+        let RowBlock { rows, keys } = &unit.block;
+        let (nr, nc, k0) = (rows.len(), keys.len(), keys.start);
+        let q = g.queries(qkv, &self.rope, (bi, i), rows.clone());
+        let (k, v) = (&kv[g.kv_at(0, bi, j) + k0 * hd..], &kv[g.kv_at(1, bi, j) + k0 * hd..]);
+        let (scores, none) = (Mat::strided(nr, nc, n), Parallelism::None);
+        matmul(&mut p[k0..], scores, (&q, Mat::dense(nr, hd)), (k, Mat::dense(nc, hd).t()), 1.0, none)?;
+        for (t, row) in rows.clone().zip(p.chunks_mut(n)) {
+            fastexp::softmax_visible(row, self.mask.visible(t, n));
+        }
+        let mut o = vec![0f32; nr * hd];
+        matmul(&mut o, Mat::dense(nr, hd), (&p[k0..], scores), (v, Mat::dense(nc, hd)), 1.0, none)?;
+        Ok(o)
+    }
+
     /// Output rows `(batch·seq, heads·head_dim)` of every head; keeps the probabilities when
     /// [`KeepProbs::ForBackward`].
     fn rows(&self, g: &Geometry, qkv: &[f32], kv: &[f32]) -> Result<Vec<f32>> {
-        let (h, hd) = (g.dims.heads, g.dims.head_dim);
-        let heads: Vec<(Vec<f32>, Vec<f32>)> =
-            (0..g.batch * h).into_par_iter().map(|u| self.head(g, qkv, kv, u / h, u % h)).collect::<Result<_>>()?;
+        let (h, hd, n) = (g.dims.heads, g.dims.head_dim, g.keys);
+        let units = units(g, &self.mask);
+        let mut probs = vec![0f32; g.batch * h * g.seq * n];
+        let slots: Vec<&mut [f32]> = probs.chunks_mut((g.seq * n).max(1)).flat_map(|ph| ph.chunks_mut((ROW_BLOCK * n).max(1))).collect();
+        let outs: Vec<Vec<f32>> = units.par_iter().zip(slots).map(|(unit, p)| self.block(g, (qkv, kv), unit, p)).collect::<Result<_>>()?;
         let mut out = vec![0f32; g.batch * g.seq * h * hd];
-        for (u, (o, _)) in heads.iter().enumerate() {
-            let (bi, i) = (u / h, u % h);
-            for (t, row) in o.chunks(hd).enumerate() {
+        for (unit, o) in units.iter().zip(&outs) {
+            let (bi, i) = g.head_of(unit.u);
+            for (t, row) in unit.block.rows.clone().zip(o.chunks(hd)) {
                 out[((bi * g.seq + t) * h + i) * hd..][..hd].copy_from_slice(row);
             }
         }
         if self.keep == KeepProbs::ForBackward {
-            let mut probs = Vec::with_capacity(heads.iter().map(|(_, p)| p.len()).sum());
-            heads.iter().for_each(|(_, p)| probs.extend_from_slice(p));
             *self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))? = Some(Arc::new(probs));
         }
         Ok(out)
@@ -318,37 +335,36 @@ struct AttentionBwd<'a> {
 }
 
 impl AttentionBwd<'_> {
-    /// `(dq, dk, dv)` of head `i` of batch `bi`: `seq × head_dim` (before the inverse rotation),
-    /// `keys × head_dim` twice.
-    #[allow(clippy::type_complexity)]
-    fn head(&self, g: &Geometry, (qkv, kv, go): (&[f32], &[f32], &[f32]), bi: usize, i: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    /// `[dq, dk, dv]` of one unit: its query rows (`rows × head_dim`, rotated back), and its
+    /// contributions to the keys and values it sees (`keys × head_dim` each).
+    fn block(&self, g: &Geometry, (qkv, kv, go): (&[f32], &[f32], &[f32]), unit: &Unit) -> Result<[Vec<f32>; 3]> {
         let (s, n, hd, h) = (g.seq, g.keys, g.dims.head_dim, g.dims.heads);
+        let (bi, i) = g.head_of(unit.u);
         let j = i / g.dims.group();
-        let q = g.queries(qkv, &self.fwd.rope, bi, i);
-        let p = &self.probs[(bi * h + i) * s * n..][..s * n];
-        let (k, v) = (&kv[g.kv_at(0, bi, j)..][..n * hd], &kv[g.kv_at(1, bi, j)..][..n * hd]);
-        let go = &go[bi * s * h * hd + i * hd..];
-        let none = Parallelism::None;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut ds = vec![0f32; s * n];
-        let (mut dq, mut dk, mut dv) = (vec![0f32; s * hd], vec![0f32; n * hd], vec![0f32; n * hd]);
-        for b in row_blocks(&self.fwd.mask, s, n) {
-            let (rows, cols, r0, k0) = (b.rows.len(), b.keys.len(), b.rows.start, b.keys.start);
-            let block = Mat::strided(rows, cols, n);
-            let go_b = (&go[r0 * h * hd..], Mat::strided(rows, hd, h * hd));
-            matmul(&mut ds[r0 * n + k0..], block, go_b, (&v[k0 * hd..], Mat::dense(cols, hd).t()), 1.0, none)?;
-            for t in b.rows.clone() {
-                let (dr, pr) = (&mut ds[t * n..(t + 1) * n], &p[t * n..(t + 1) * n]);
-                let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                dr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = pv * (*d - dot));
-            }
-            let (ds_b, p_b) = ((&ds[r0 * n + k0..], block), (&p[r0 * n + k0..], block));
-            matmul(&mut dq[r0 * hd..], Mat::dense(rows, hd), ds_b, (&k[k0 * hd..], Mat::dense(cols, hd)), scale, none)?;
-            let keys_out = Mat::dense(cols, hd);
-            matmul_into(&mut dk[k0 * hd..], keys_out, Dst::Accumulate, (ds_b.0, block.t()), (&q[r0 * hd..], Mat::dense(rows, hd)), 1.0, none)?;
-            matmul_into(&mut dv[k0 * hd..], keys_out, Dst::Accumulate, (p_b.0, block.t()), go_b, 1.0, none)?;
+        let RowBlock { rows, keys } = &unit.block;
+        let (nr, nc, r0, k0) = (rows.len(), keys.len(), rows.start, keys.start);
+        let rope = &self.fwd.rope;
+        let q = g.queries(qkv, rope, (bi, i), rows.clone());
+        let p = &self.probs[(unit.u * s + r0) * n..];
+        let (k, v) = (&kv[g.kv_at(0, bi, j) + k0 * hd..], &kv[g.kv_at(1, bi, j) + k0 * hd..]);
+        let go_b = (&go[(bi * s + r0) * h * hd + i * hd..], Mat::strided(nr, hd, h * hd));
+        let (block, p_b, none) = (Mat::dense(nr, nc), (&p[k0..], Mat::strided(nr, nc, n)), Parallelism::None);
+        let mut ds = vec![0f32; nr * nc];
+        matmul(&mut ds, block, go_b, (v, Mat::dense(nc, hd).t()), 1.0, none)?;
+        for (r, dr) in ds.chunks_mut(nc.max(1)).enumerate() {
+            let pr = &p[r * n + k0..][..nc];
+            let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+            dr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = pv * (*d - dot));
         }
-        Ok((dq, dk, dv))
+        let (mut dq, mut dk, mut dv) = (vec![0f32; nr * hd], vec![0f32; nc * hd], vec![0f32; nc * hd]);
+        matmul(&mut dq, Mat::dense(nr, hd), (&ds, block), (k, Mat::dense(nc, hd)), 1.0 / (hd as f32).sqrt(), none)?;
+        matmul(&mut dk, Mat::dense(nc, hd), (&ds, block.t()), (&q, Mat::dense(nr, hd)), 1.0, none)?;
+        matmul(&mut dv, Mat::dense(nc, hd), (p_b.0, p_b.1.t()), go_b, 1.0, none)?;
+        let mut dq_rows = vec![0f32; nr * hd];
+        for (t, (src, dst)) in rows.clone().zip(dq.chunks(hd).zip(dq_rows.chunks_mut(hd))) {
+            rotate_head(&rope.tables, rope.layout, t, -1.0, src, dst);
+        }
+        Ok([dq_rows, dk, dv])
     }
 }
 
@@ -377,28 +393,35 @@ impl CustomOp3 for AttentionBwd<'_> {
 impl AttentionBwd<'_> {
     /// Gradients w.r.t. `qkv` (query columns) and `kv`, packed into one buffer.
     fn rows(&self, g: &Geometry, qkv: &[f32], kv: &[f32], go: &[f32]) -> Result<Vec<f32>> {
-        let f = self.fwd;
-        let (h, hd, w) = (g.dims.heads, g.dims.head_dim, g.dims.qkv_width());
+        let (h, hd, w, kvh) = (g.dims.heads, g.dims.head_dim, g.dims.qkv_width(), g.dims.kv_heads);
         if go.len() != g.batch * g.seq * h * hd || self.probs.len() != g.batch * h * g.seq * g.keys {
             bail!("attention-bwd: gradient or saved probabilities have the wrong size")
         }
-        let heads: Vec<_> = (0..g.batch * h)
-            .into_par_iter()
-            .map(|u| self.head(g, (qkv, kv, go), u / h, u % h))
-            .collect::<Result<_>>()?;
+        let units = units(g, &self.fwd.mask);
+        let parts: Vec<[Vec<f32>; 3]> = units.par_iter().map(|unit| self.block(g, (qkv, kv, go), unit)).collect::<Result<_>>()?;
         let mut out = vec![0f32; qkv.len() + kv.len()];
         let (gqkv, gkv) = out.split_at_mut(qkv.len());
-        for (u, (dq, dk, dv)) in heads.iter().enumerate() {
-            let (bi, i) = (u / h, u % h);
-            for (t, row) in dq.chunks(hd).enumerate() {
-                rotate_head(&f.rope.tables, f.rope.layout, t, -1.0, row, &mut gqkv[(bi * g.seq + t) * w + i * hd..][..hd]);
-            }
-            let j = i / g.dims.group();
-            for (part, d) in [(0, dk), (1, dv)] {
-                let dst = &mut gkv[g.kv_at(part, bi, j)..][..g.keys * hd];
-                dst.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+        for (unit, [dq, _, _]) in units.iter().zip(&parts) {
+            let (bi, i) = g.head_of(unit.u);
+            for (t, row) in unit.block.rows.clone().zip(dq.chunks(hd)) {
+                gqkv[(bi * g.seq + t) * w + i * hd..][..hd].copy_from_slice(row);
             }
         }
+        // One destination per (keys or values, batch, KV head), each summing its units' parts.
+        // The explicit fill touches the fresh pages by writing: a first read would map the
+        // shared zero page, and the write after it would cost a copy-on-write fault with a TLB
+        // shootdown across cores (perf: a third of this kernel's time).
+        gkv.par_chunks_mut((g.keys * hd).max(1)).enumerate().for_each(|(slot, dst)| {
+            dst.fill(0.0);
+            let (part, bi, j) = (slot / (g.batch * kvh), (slot / kvh) % g.batch, slot % kvh);
+            for (unit, d) in units.iter().zip(&parts) {
+                let (ub, ui) = g.head_of(unit.u);
+                if ub == bi && ui / g.dims.group() == j {
+                    let src = &d[1 + part];
+                    dst[unit.block.keys.start * hd..][..src.len()].iter_mut().zip(src).for_each(|(a, b)| *a += b);
+                }
+            }
+        });
         Ok(out)
     }
 }
