@@ -12,7 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layo
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::fastexp::{self, log_sum_exp, sigmoid};
+use super::fastexp::{self, log_sum_exp, sigmoid, vectorized};
 use crate::config::RopeLayout;
 
 /// Rows below this many elements in total are processed on the calling thread.
@@ -39,16 +39,17 @@ pub(super) fn storage_of(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     })
 }
 
-/// Runs `f(row_index, out_row)` over the rows of a fresh `rows × cols` buffer.
+/// Runs `f(row_index, out_row)` over the rows of a fresh `rows × cols` buffer, each row
+/// [`vectorized`] (in parallel from [`PAR_MIN_ELEMS`] elements on).
 pub(super) fn map_rows(rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; rows * cols];
     if cols == 0 {
         return out;
     }
     if rows * cols < PAR_MIN_ELEMS {
-        out.chunks_mut(cols).enumerate().for_each(|(r, o)| f(r, o));
+        vectorized(#[inline(always)] || out.chunks_mut(cols).enumerate().for_each(#[inline(always)] |(r, o)| f(r, o)));
     } else {
-        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| f(r, o));
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| vectorized(#[inline(always)] || f(r, o)));
     }
     out
 }
@@ -100,7 +101,7 @@ fn rstd(row: &[f32], eps: f32) -> f32 {
 /// RMSNorm of the rows of `x` (row width `w.len()`).
 pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
-    map_rows(x.len() / d.max(1), d, |r, o| {
+    map_rows(x.len() / d.max(1), d, #[inline(always)] |r, o| {
         let row = &x[r * d..(r + 1) * d];
         let rstd = rstd(row, eps);
         for ((o, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
@@ -112,7 +113,7 @@ pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 /// Gradient of [`rms_norm_rows`] w.r.t. `x` for the output gradient `g`.
 pub(super) fn rms_norm_bwd_rows(x: &[f32], w: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
-    map_rows(x.len() / d.max(1), d, |r, o| {
+    map_rows(x.len() / d.max(1), d, #[inline(always)] |r, o| {
         let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
         let rs = rstd(xr, eps);
         let dot: f32 = xr.iter().zip(gr).zip(w).map(|((a, b), c)| a * b * c).sum::<f32>() / d as f32;
@@ -189,7 +190,7 @@ impl CustomOp1 for MaskedSoftmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, self.name())?;
         let t = last_dim(l);
-        let out = map_rows(x.len() / t.max(1), t, |r, o| {
+        let out = map_rows(x.len() / t.max(1), t, #[inline(always)] |r, o| {
             let (a, b) = self.mask.visible(r, t);
             o[a..b].copy_from_slice(&x[r * t + a..r * t + b]);
             fastexp::softmax_visible(o, (a, b));
@@ -213,7 +214,7 @@ impl CustomOp2 for SoftmaxBwd {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
         let t = last_dim(l1);
-        let out = map_rows(y.len() / t.max(1), t, |r, o| {
+        let out = map_rows(y.len() / t.max(1), t, #[inline(always)] |r, o| {
             let (yr, gr) = (&y[r * t..(r + 1) * t], &g[r * t..(r + 1) * t]);
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
             for i in 0..t {
@@ -278,7 +279,7 @@ impl CustomOp1 for Rope {
         if d != 2 * self.tables.half {
             bail!("rope: head_dim {d} does not match the tables ({})", 2 * self.tables.half)
         }
-        let out = map_rows(x.len() / d, d, |r, o| self.rotate(r, &x[r * d..(r + 1) * d], o));
+        let out = map_rows(x.len() / d, d, #[inline(always)] |r, o| self.rotate(r, &x[r * d..(r + 1) * d], o));
         Ok((storage_of(out, s.dtype())?, l.shape().clone()))
     }
 
@@ -304,7 +305,7 @@ impl CustomOp2 for SiluMul {
             bail!("silu-mul: gate and up differ in size")
         }
         let d = last_dim(l1);
-        let out = map_rows(g.len() / d.max(1), d, |r, o| {
+        let out = map_rows(g.len() / d.max(1), d, #[inline(always)] |r, o| {
             for (i, o) in o.iter_mut().enumerate() {
                 let gv = g[r * d + i];
                 *o = gv * sigmoid(gv) * u[r * d + i];
@@ -350,7 +351,7 @@ impl CustomOp3 for SiluMulBwd {
         let u = f32_data(s2, l2, self.name())?;
         let dy = f32_data(s3, l3, self.name())?;
         let d = last_dim(l1);
-        let out = map_rows(g.len() / d.max(1), d, |r, o| {
+        let out = map_rows(g.len() / d.max(1), d, #[inline(always)] |r, o| {
             for (i, o) in o.iter_mut().enumerate() {
                 let k = r * d + i;
                 let sg = sigmoid(g[k]);
@@ -413,7 +414,7 @@ impl CustomOp2 for SwiGluBwd {
 /// `silu(gate) ∘ up` of packed rows of width `w` (gate columns, then up columns).
 pub(super) fn swiglu_rows(x: &[f32], w: usize) -> Vec<f32> {
     let f = w / 2;
-    map_rows(x.len() / w.max(1), f, |r, o| {
+    map_rows(x.len() / w.max(1), f, #[inline(always)] |r, o| {
         let (g, u) = x[r * w..(r + 1) * w].split_at(f);
         for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
             *o = gv * sigmoid(gv) * uv;
@@ -424,14 +425,14 @@ pub(super) fn swiglu_rows(x: &[f32], w: usize) -> Vec<f32> {
 /// Gradient of [`swiglu_rows`] for the output gradient `dy`, packed like the input.
 pub(super) fn swiglu_bwd_rows(x: &[f32], dy: &[f32], w: usize) -> Vec<f32> {
     let f = w / 2;
-    map_rows(x.len() / w.max(1), w, |r, o| {
+    map_rows(x.len() / w.max(1), w, #[inline(always)] |r, o| {
         let (g, u) = x[r * w..(r + 1) * w].split_at(f);
         let dy = &dy[r * f..(r + 1) * f];
         let (og, ou) = o.split_at_mut(f);
-        for i in 0..f {
-            let sg = sigmoid(g[i]);
-            og[i] = dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
-            ou[i] = dy[i] * g[i] * sg;
+        for ((((og, ou), &gv), &uv), &d) in og.iter_mut().zip(ou).zip(g).zip(u).zip(dy) {
+            let sg = sigmoid(gv);
+            *og = d * uv * sg * (1.0 + gv * (1.0 - sg));
+            *ou = d * gv * sg;
         }
     })
 }
@@ -547,7 +548,7 @@ impl CustomOp3 for CrossEntropyBwd {
         let t = targets(s2, l2)?;
         let g = f32_data(s3, l3, self.name())?;
         let v = last_dim(l1);
-        let out = map_rows(z.len() / v.max(1), v, |r, o| {
+        let out = map_rows(z.len() / v.max(1), v, #[inline(always)] |r, o| {
             let Some(k) = self.rows.scored(r) else { return };
             let row = &z[r * v..(r + 1) * v];
             let lse = log_sum_exp(row);
