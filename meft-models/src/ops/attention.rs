@@ -351,11 +351,16 @@ impl AttentionBwd<'_> {
         let (block, p_b, none) = (Mat::dense(nr, nc), (&p[k0..], Mat::strided(nr, nc, n)), Parallelism::None);
         let mut ds = vec![0f32; nr * nc];
         matmul(&mut ds, block, go_b, (v, Mat::dense(nc, hd).t()), 1.0, none)?;
-        for (r, dr) in ds.chunks_mut(nc.max(1)).enumerate() {
-            let pr = &p[r * n + k0..][..nc];
-            let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-            dr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = pv * (*d - dot));
-        }
+        fastexp::vectorized(
+            #[inline(always)]
+            || {
+                for (r, dr) in ds.chunks_mut(nc.max(1)).enumerate() {
+                    let pr = &p[r * n + k0..][..nc];
+                    let dot = fastexp::dot(dr, pr);
+                    dr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = pv * (*d - dot));
+                }
+            },
+        );
         let (mut dq, mut dk, mut dv) = (vec![0f32; nr * hd], vec![0f32; nc * hd], vec![0f32; nc * hd]);
         matmul(&mut dq, Mat::dense(nr, hd), (&ds, block), (k, Mat::dense(nc, hd)), 1.0 / (hd as f32).sqrt(), none)?;
         matmul(&mut dk, Mat::dense(nc, hd), (&ds, block.t()), (&q, Mat::dense(nr, hd)), 1.0, none)?;

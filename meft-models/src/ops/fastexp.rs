@@ -71,6 +71,21 @@ fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `Σ a·b` over two slices (lane-wise like [`sum_of`]; the shorter length counts).
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, &xv), &yv) in acc.iter_mut().zip(x).zip(y) {
+            *s += xv * yv;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Sum of a slice (see [`sum_of`]).
 #[inline]
 fn sum(xs: &[f32]) -> f32 {
@@ -167,6 +182,9 @@ mod tests {
                 prop_assert!((log_sum_exp(&xs) - plain_lse).abs() <= 1e-5 * plain_lse.abs().max(1.0));
             }
             prop_assert_eq!(max(&xs), xs.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            let rev: Vec<f32> = xs.iter().rev().copied().collect();
+            let plain_dot: f32 = xs.iter().zip(&rev).map(|(a, b)| a * b).sum();
+            prop_assert!((dot(&xs, &rev) - plain_dot).abs() <= 1e-4 * xs.iter().map(|x| x * x).sum::<f32>().max(1.0));
             let plain_sum: f32 = xs.iter().sum();
             prop_assert!((sum(&xs) - plain_sum).abs() <= 1e-4 * xs.iter().map(|x| x.abs()).sum::<f32>().max(1.0));
             let mut shifted = xs.clone();

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastexp::{exp, log_sum_exp};
+use super::fastexp::{exp, log_sum_exp, vectorized};
 use super::kernels::{f32_data, last_dim, targets, LogitRows};
 use super::linear::{linear_bwd_rows, linear_rows};
 
@@ -114,7 +114,7 @@ impl CustomOp3 for HeadNllBwd<'_> {
         dz.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, row)| match rows.scored(r) {
             Some(k) => {
                 let (lse, gk) = (saved.lse[k], g[k]);
-                row.iter_mut().for_each(|z| *z = exp(*z - lse) * gk);
+                vectorized(#[inline(always)] || row.iter_mut().for_each(|z| *z = exp(*z - lse) * gk));
                 row[saved.targets[k] as usize] -= gk;
             }
             None => row.fill(0.0),
