@@ -14,8 +14,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastexp::{exp, log_sum_exp, vectorized};
-use super::kernels::{f32_data, last_dim, targets, LogitRows};
+use super::kernels::{f32_data, last_dim, nll_grad_in_place, scored_log_sum_exps, targets, LogitRows};
 use super::linear::{linear_bwd_rows, linear_rows};
 
 /// What the forward keeps for the backward.
@@ -46,13 +45,13 @@ impl HeadNll {
     }
 }
 
-/// `(rows, vocab)` of the product of `x` `(..., hidden)` and a head `(vocab, hidden)`.
-fn head_dims(op: &str, lx: &Layout, lw: &Layout) -> Result<(usize, usize)> {
+/// The vocabulary of a head `(vocab, hidden)`, checked against `x` `(..., hidden)`.
+fn head_vocab(op: &str, lx: &Layout, lw: &Layout) -> Result<usize> {
     let &[vocab, hidden] = lw.dims() else { bail!("{op}: head weight must be 2-d, got {:?}", lw.dims()) };
     if last_dim(lx) != hidden {
         bail!("{op}: hidden width {} does not match the head {:?}", last_dim(lx), lw.dims())
     }
-    Ok((lx.shape().elem_count() / hidden.max(1), vocab))
+    Ok(vocab)
 }
 
 impl CustomOp3 for HeadNll {
@@ -62,22 +61,16 @@ impl CustomOp3 for HeadNll {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
-        let (rows, vocab) = head_dims(self.name(), l1, l2)?;
+        let vocab = head_vocab(self.name(), l1, l2)?;
         let t = targets(s3, l3)?;
-        let scored = self.rows.count(rows);
-        if t.len() != scored {
-            bail!("head-nll: {} targets for {scored} scored rows", t.len())
-        }
-        if let Some(&bad) = t.iter().find(|&&k| k as usize >= vocab) {
-            bail!("head-nll: target {bad} is outside the vocabulary of {vocab}")
-        }
         let logits = linear_rows(&x, &w, vocab)?;
-        let lse: Vec<f32> = (0..scored).into_par_iter().map(|r| log_sum_exp(&logits[self.rows.source(r) * vocab..][..vocab])).collect();
-        let nll = (0..scored).map(|r| lse[r] - logits[self.rows.source(r) * vocab + t[r] as usize]).collect();
+        let lse = scored_log_sum_exps(self.name(), &logits, vocab, self.rows, &t)?;
+        let lse_len = lse.len();
+        let nll = (0..lse_len).map(|r| lse[r] - logits[self.rows.source(r) * vocab + t[r] as usize]).collect();
         if self.keep {
             *self.lock()? = Some(Saved { logits: Some(logits), lse, targets: t.into_owned() });
         }
-        Ok((CpuStorage::F32(nll), Shape::from(scored)))
+        Ok((CpuStorage::F32(nll), Shape::from(lse_len)))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _t: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -99,7 +92,7 @@ impl CustomOp3 for HeadNllBwd<'_> {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?, f32_data(s3, l3, self.name())?);
-        let (_, vocab) = head_dims(self.name(), l1, l2)?;
+        let vocab = head_vocab(self.name(), l1, l2)?;
         let mut saved = self.fwd.lock()?;
         let Some(saved) = saved.as_mut() else { bail!("head-nll: backward of a forward that kept nothing") };
         if g.len() != saved.lse.len() {
@@ -112,11 +105,7 @@ impl CustomOp3 for HeadNllBwd<'_> {
         };
         let rows = self.fwd.rows;
         dz.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, row)| match rows.scored(r) {
-            Some(k) => {
-                let (lse, gk) = (saved.lse[k], g[k]);
-                vectorized(#[inline(always)] || row.iter_mut().for_each(|z| *z = exp(*z - lse) * gk));
-                row[saved.targets[k] as usize] -= gk;
-            }
+            Some(k) => nll_grad_in_place(row, saved.lse[k], g[k], saved.targets[k] as usize),
             None => row.fill(0.0),
         });
         Ok((CpuStorage::F32(linear_bwd_rows(&dz, &w, vocab)?), l1.shape().clone()))

@@ -58,6 +58,15 @@ pub(super) fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1)
 }
 
+/// The shape of `l` with its last dimension replaced by `last`.
+pub(super) fn with_last_dim(l: &Layout, last: usize) -> Shape {
+    let mut dims = l.dims().to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = last;
+    }
+    Shape::from(dims)
+}
+
 // ------------------------------------------------------------------ RMSNorm
 
 /// `y = x / sqrt(mean(x²) + eps) * w` over the last dimension.
@@ -381,11 +390,7 @@ impl CustomOp1 for SwiGlu {
             bail!("swiglu: packed width {w} is odd")
         }
         let out = swiglu_rows(&x, w);
-        let mut dims = l.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = w / 2;
-        }
-        Ok((storage_of(out, s.dtype())?, Shape::from(dims)))
+        Ok((storage_of(out, s.dtype())?, with_last_dim(l, w / 2)))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
@@ -490,22 +495,9 @@ impl CustomOp2 for CrossEntropy {
         let z = f32_data(s1, l1, self.name())?;
         let targets = targets(s2, l2)?;
         let v = last_dim(l1);
-        let rows = self.rows.count(z.len() / v.max(1));
-        if targets.len() != rows {
-            bail!("cross-entropy: {} targets for {rows} rows", targets.len())
-        }
-        if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
-            bail!("cross-entropy: target {t} is outside the vocabulary of {v}")
-        }
-        // One output per row of `v` logits: parallel over rows whatever the output size.
-        let out: Vec<f32> = (0..rows)
-            .into_par_iter()
-            .map(|r| {
-                let src = self.rows.source(r);
-                let row = &z[src * v..(src + 1) * v];
-                log_sum_exp(row) - row[targets[r] as usize]
-            })
-            .collect();
+        let lse = scored_log_sum_exps(self.name(), &z, v, self.rows, &targets)?;
+        let rows = lse.len();
+        let out: Vec<f32> = (0..rows).map(|r| lse[r] - z[self.rows.source(r) * v + targets[r] as usize]).collect();
         Ok((storage_of(out, s1.dtype())?, Shape::from(rows)))
     }
 
@@ -524,6 +516,26 @@ pub(super) fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [u32]
     })
 }
 
+
+/// Log-sum-exp of every scored row of the `(rows, vocab)` logits `z`, after checking that there
+/// is one target per scored row and that each lies inside the vocabulary.
+pub(super) fn scored_log_sum_exps(op: &str, z: &[f32], vocab: usize, rows: LogitRows, targets: &[u32]) -> Result<Vec<f32>> {
+    let scored = rows.count(z.len() / vocab.max(1));
+    if targets.len() != scored {
+        bail!("{op}: {} targets for {scored} rows", targets.len())
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        bail!("{op}: target {t} is outside the vocabulary of {vocab}")
+    }
+    // One value per row of `vocab` logits: parallel over rows whatever the output size.
+    Ok((0..scored).into_par_iter().map(|r| log_sum_exp(&z[rows.source(r) * vocab..][..vocab])).collect())
+}
+
+/// A row of logits (log-sum-exp `lse`) becomes its NLL gradient `g·(softmax − onehot(target))`.
+pub(super) fn nll_grad_in_place(row: &mut [f32], lse: f32, g: f32, target: usize) {
+    vectorized(#[inline(always)] || row.iter_mut().for_each(|z| *z = fastexp::exp(*z - lse) * g));
+    row[target] -= g;
+}
 
 /// `g_row · (softmax(z) − onehot(target))` on scored rows, zero on the others.
 struct CrossEntropyBwd {
@@ -551,11 +563,8 @@ impl CustomOp3 for CrossEntropyBwd {
         let out = map_rows(z.len() / v.max(1), v, #[inline(always)] |r, o| {
             let Some(k) = self.rows.scored(r) else { return };
             let row = &z[r * v..(r + 1) * v];
-            let lse = log_sum_exp(row);
-            for (o, &x) in o.iter_mut().zip(row) {
-                *o = fastexp::exp(x - lse) * g[k];
-            }
-            o[t[k] as usize] -= g[k];
+            o.copy_from_slice(row);
+            nll_grad_in_place(o, log_sum_exp(row), g[k], t[k] as usize);
         });
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }

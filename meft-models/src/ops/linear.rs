@@ -7,7 +7,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use super::gemm::{matmul_column_split, Dst, Mat};
 #[cfg(test)]
 use super::gemm::{matmul, Parallelism};
-use super::kernels::{f32_data, last_dim};
+use super::kernels::{f32_data, last_dim, with_last_dim};
 
 /// `x·Wᵀ` of f32 `x` `(..., in)` and a frozen f32 weight `(out, in)`, computed straight into the
 /// output; the backward sends `g·W` to `x` and nothing to the weight.
@@ -29,11 +29,7 @@ impl CustomOp2 for FrozenLinear {
             bail!("frozen-linear: input width {} does not match the weight {:?}", last_dim(l1), l2.dims())
         }
         let y = linear_rows(x, w, out_dim)?;
-        let mut dims = l1.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out_dim;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), with_last_dim(l1, out_dim)))
     }
 
     fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -64,11 +60,7 @@ impl CustomOp2 for InputGrad {
         if last_dim(l1) != out_dim {
             bail!("frozen-linear-input-grad: gradient width {} does not match the weight {:?}", last_dim(l1), l2.dims())
         }
-        let mut dims = l1.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = in_dim;
-        }
-        Ok((CpuStorage::F32(linear_bwd_rows(&g, &w, out_dim)?), Shape::from(dims)))
+        Ok((CpuStorage::F32(linear_bwd_rows(&g, &w, out_dim)?), with_last_dim(l1, in_dim)))
     }
 }
 
