@@ -192,6 +192,49 @@ fn whole_block_layers_match_per_op_layers() {
     }
 }
 
+/// bf16 frozen products: close to the PyTorch f32 logits (bf16 rounding, ~2⁻⁸ relative per
+/// input), the same on the whole-block, per-op and KV-cached paths (they share the bf16
+/// kernels), with gradients reaching the adapter; switching back to f32 restores f32 exactly.
+#[test]
+fn bf16_frozen_products_track_f32_and_agree_across_paths() {
+    use meft_models::ops::FrozenPrecision;
+    for case in CASES {
+        let mut model = model(case, OpPath::Fused);
+        let f32_logits = model.forward(&tokens(case), &NoAdapters).unwrap();
+        model.set_frozen_precision(FrozenPrecision::Bf16).unwrap();
+        assert_eq!(model.frozen_precision(), FrozenPrecision::Bf16);
+        let cfg = &model.config;
+        let d = cfg.hidden_size;
+        let randn = |shape: &[usize]| Tensor::randn(0f32, 0.2, shape, &Device::Cpu).unwrap();
+        let ffn: Vec<(Tensor, Tensor)> = (0..cfg.num_hidden_layers).map(|_| (randn(&[d, 8]), randn(&[8, d]))).collect();
+        let toks = tokens(case);
+        let run = |per_op: bool| {
+            let vars = |t: &Tensor| Var::from_tensor(t).unwrap();
+            let hook = FfnOnly { ffn: ffn.iter().map(|(a, b)| (vars(a), vars(b))).collect(), per_op };
+            let logits = model.forward(&toks, &hook).unwrap();
+            let grads = model.next_token_loss(&logits, &toks, None).unwrap().backward().unwrap();
+            let g: Vec<Tensor> = hook.ffn.iter().flat_map(|(a, b)| [a, b]).map(|v| grads.get(v.as_tensor()).expect("adapter gradient").clone()).collect();
+            (logits, g)
+        };
+        let (blocks, g_blocks) = run(false);
+        let (per_op, g_per_op) = run(true);
+        assert_norm_close(&format!("{case} bf16 whole-block logits"), &blocks, &per_op, 1e-5);
+        for (i, (a, b)) in g_blocks.iter().zip(&g_per_op).enumerate() {
+            assert_norm_close(&format!("{case} bf16 whole-block gradient {i}"), a, b, 1e-4);
+        }
+        let plain = model.forward(&toks, &NoAdapters).unwrap();
+        assert_norm_close(&format!("{case} bf16 vs PyTorch f32 logits"), &plain, &expected(case)["logits"], 3e-2);
+        let mut cache = KvCache::new(model.layers.len());
+        let cached = model.forward_cached(&toks, &mut cache, &NoAdapters).unwrap();
+        assert_norm_close(&format!("{case} bf16 cached"), &cached, &plain, 1e-5);
+        let diff = scalar(&(&plain - &f32_logits).unwrap().abs().unwrap().max_all().unwrap());
+        assert!(diff > 0.0, "{case}: bf16 logits equal f32 bit for bit: the bf16 path did not run");
+        model.set_frozen_precision(FrozenPrecision::F32).unwrap();
+        let back = model.forward(&toks, &NoAdapters).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), f32_logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+}
+
 #[test]
 fn masked_loss_counts_only_selected_targets() {
     let model = model("llama_tiny", OpPath::Fused);

@@ -177,6 +177,26 @@ fn greedy_capital_of_france_is_paris() {
     );
 }
 
+/// SmolLM2 with bf16 frozen products: the mean NLL of the reference sentence stays within
+/// 0.02 nats of the f32 NumPy reference, and greedy decoding still says " Paris".
+#[test]
+fn bf16_frozen_products_keep_nll_and_greedy_answer() {
+    let Some(r) = real() else { return };
+    let refs = reference();
+    let mut model = r.model.clone();
+    model.set_frozen_precision(meft_models::ops::FrozenPrecision::Bf16).unwrap();
+    let tokens = r.tokenizer.encode(refs["sentence"].as_str().unwrap()).unwrap();
+    let nll = model.score(&tokens).unwrap().mean_nll;
+    let want = refs["mean_nll"].as_f64().unwrap();
+    println!("bf16 mean NLL {nll:.6} vs f32 reference {want:.6}");
+    assert!((nll - want).abs() < 0.02, "bf16 NLL {nll} vs f32 reference {want}");
+    let prompt = r.tokenizer.encode(refs["prompt"].as_str().unwrap()).unwrap();
+    let config = meft_models::GenerateConfig { max_new_tokens: 3, sampling: meft_models::Sampling::Greedy, stop_tokens: vec![] };
+    let out = meft_models::generate(&model, &prompt, &config, &meft_core::NoAdapters, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let text = r.tokenizer.decode(&out).unwrap();
+    assert!(text.starts_with(" Paris"), "bf16 greedy continuation {text:?}");
+}
+
 fn logits(model: &Llama, tokens: &[u32]) -> Tensor {
     let ids = Tensor::from_slice(tokens, (1, tokens.len()), &Device::Cpu).unwrap();
     model.forward(&ids, &meft_core::NoAdapters).unwrap()

@@ -40,6 +40,9 @@ pub struct EvalArgs {
     /// Weight dtype in memory.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub dtype: WeightDtype,
+    /// Precision of the frozen products (`f32` or `bf16`).
+    #[arg(long, default_value = "f32")]
+    pub precision: meft_models::ops::FrozenPrecision,
     /// Adapter directory written by `meft train` (`adapter.safetensors` + `adapter.json`).
     #[arg(long, requires = "model")]
     pub adapter: Option<PathBuf>,
@@ -190,6 +193,7 @@ fn generate(
     let loaded = ModelArgs {
         model: model.to_owned(),
         dtype: args.dtype,
+        precision: args.precision,
     }
     .load()?;
     let template = loaded.bundle.chat.as_ref().with_context(|| {

@@ -86,6 +86,10 @@ pub struct ModelArgs {
     /// Weight dtype in memory.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub dtype: WeightDtype,
+    /// Precision of the frozen products of f32 weights: `f32`, or `bf16` (bfloat16 inputs and
+    /// weights, f32 sums; AMX tiles where the CPU has them).
+    #[arg(long, default_value = "f32")]
+    pub precision: meft_models::ops::FrozenPrecision,
 }
 
 /// A model ready to run, with its tokenizer and facts.
@@ -112,7 +116,8 @@ impl ModelArgs {
             &mut bundle.weights,
             meft_models::WeightMap::new(Default::default(), source.path()),
         );
-        let model = Llama::load(&bundle.config, weights, dtype, &Device::Cpu)?;
+        let mut model = Llama::load(&bundle.config, weights, dtype, &Device::Cpu)?;
+        model.set_frozen_precision(self.precision)?;
         let load_seconds = start.elapsed().as_secs_f64();
         eprintln!("loaded {} in {load_seconds:.2} s", source.path().display());
         Ok(Loaded {

@@ -117,11 +117,14 @@ pub struct RawModel {
     /// `tiny-random` (a small random LLaMA built from `seed`), a pinned model name, a `.gguf` file or
     /// an HF directory.
     pub name: String,
+    /// Precision of the frozen products: `f32`, or `bf16` (bfloat16 inputs and weights, f32
+    /// sums; AMX tiles where the CPU has them).
+    pub precision: meft_models::ops::FrozenPrecision,
 }
 
 impl Default for RawModel {
     fn default() -> Self {
-        Self { name: "tiny-random".into() }
+        Self { name: "tiny-random".into(), precision: meft_models::ops::FrozenPrecision::F32 }
     }
 }
 

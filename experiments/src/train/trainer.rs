@@ -324,7 +324,8 @@ impl Inputs {
     pub fn load(plan: &TrainPlan) -> Result<Self> {
         let frozen = build::model(&plan.raw.model.name, plan.raw.seed)?;
         let data = load_data(plan, &frozen)?;
-        let model = frozen.model;
+        let mut model = frozen.model;
+        model.set_frozen_precision(plan.raw.model.precision)?;
         let micro = plan.raw.batch.micro;
         let prefix = [
             FrozenPrefix::build(&model, &data.train, plan.prefix_start, micro)?,
@@ -337,7 +338,8 @@ impl Inputs {
     fn key_of(plan: &TrainPlan) -> String {
         let r = &plan.raw;
         let data = serde_json::to_string(&r.dataset).unwrap_or_default();
-        format!("{}|{}|{data}|{}|{}|{}|{:?}", r.model.name, r.seed, r.batch.max_length, r.batch.micro, plan.prefix_start, plan.loss_mask)
+        let model = serde_json::to_string(&r.model).unwrap_or_default();
+        format!("{model}|{}|{data}|{}|{}|{}|{:?}", r.seed, r.batch.max_length, r.batch.micro, plan.prefix_start, plan.loss_mask)
     }
 
     /// Training and held-out sequences.

@@ -1,12 +1,14 @@
 //! One decoder layer: pre-norm grouped-query attention and a SwiGLU FFN, each on the residual
 //! stream, with the adapter hook called at every projection and beside the FFN.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Result, Tensor};
 use meft_core::{AdapterHook, LinearSite};
 
 use super::packed::Packed;
 use crate::config::{ModelConfig, RopeLayout};
-use crate::ops::{self, AttentionMask, HeadDims, OpPath, RopeTables};
+use crate::ops::{self, AttentionMask, Bf16Weight, FrozenPrecision, HeadDims, OpPath, RopeTables};
 
 /// Everything a layer needs besides its weights for one forward call.
 pub struct LayerContext<'a> {
@@ -35,6 +37,8 @@ pub struct SelfAttention {
     pub(crate) rope_layout: RopeLayout,
     /// `[q_proj; k_proj; v_proj]`, of which the three fields are views.
     qkv: Packed<3>,
+    /// bf16 companion of `o_proj` (bf16 frozen precision).
+    o_bf16: Option<Arc<Bf16Weight>>,
 }
 
 /// SwiGLU FFN (`mlp.*` in HF names).
@@ -48,6 +52,16 @@ pub struct Mlp {
     pub down_proj: Tensor,
     /// `[gate_proj; up_proj]`, of which the two fields are views.
     gate_up: Packed<2>,
+    /// bf16 companion of `down_proj` (bf16 frozen precision).
+    down_bf16: Option<Arc<Bf16Weight>>,
+}
+
+/// The bf16 companion of `w` for `precision` (none for f32).
+pub(crate) fn companion(w: &Tensor, precision: FrozenPrecision) -> Result<Option<Arc<Bf16Weight>>> {
+    Ok(match precision {
+        FrozenPrecision::F32 => None,
+        FrozenPrecision::Bf16 => Some(Arc::new(Bf16Weight::new(w)?)),
+    })
 }
 
 /// One decoder layer (`model.layers.N.*`).
@@ -66,19 +80,20 @@ pub struct DecoderLayer {
     pub(crate) eps: f64,
 }
 
-/// Projection of `x` by frozen `w` plus the adapter's additive term at `site`, if any, added
-/// onto the residual stream `residual` in the same op when given.
+/// Projection of `x` by frozen `w` (in bf16 through its companion `bf16`, when given) plus the
+/// adapter's additive term at `site`, if any, added onto the residual stream `residual` in the
+/// same op when given.
 fn project_onto(
     x: &Tensor,
-    w: &Tensor,
+    (w, bf16): (&Tensor, Option<&Arc<Bf16Weight>>),
     residual: Option<&Tensor>,
     layer: usize,
     site: LinearSite,
     ctx: &LayerContext<'_>,
 ) -> Result<Tensor> {
     let y = match residual {
-        Some(h) => ops::linear_residual(x, w, h)?,
-        None => ops::linear(x, w)?,
+        Some(h) => ops::linear_residual_with(x, w, h, bf16)?,
+        None => ops::linear_with(x, w, bf16)?,
     };
     match ctx.hook.linear(layer, site, x)? {
         Some(extra) => y + extra,
@@ -127,6 +142,7 @@ impl DecoderLayer {
             norm: self.input_layernorm.clone(),
             qkv: a.qkv.weight_of([&a.q_proj, &a.k_proj, &a.v_proj])?.into_owned(),
             o: a.o_proj.clone(),
+            bf16: [a.qkv.bf16.clone(), a.o_bf16.clone()],
         };
         let h_mid = ops::attention_block(h, &attn, self.eps, a.dims, &ctx.rope, a.rope_layout, ctx.mask.window)?;
         let m = &self.mlp;
@@ -134,6 +150,7 @@ impl DecoderLayer {
             norm: self.post_attention_layernorm.clone(),
             gate_up: m.gate_up.weight_of([&m.gate_proj, &m.up_proj])?.into_owned(),
             down: m.down_proj.clone(),
+            bf16: [m.gate_up.bf16.clone(), m.down_bf16.clone()],
         };
         let out = ops::mlp_block(&h_mid, &mlp, self.eps)?;
         let x_ffn = ops::rms_norm(&h_mid, &self.post_attention_layernorm, self.eps, ctx.path)?;
@@ -159,6 +176,16 @@ impl DecoderLayer {
         Ok((h_mid, x_ffn))
     }
 
+    /// Builds (`Bf16`) or drops (`F32`) the bf16 companions of the layer's frozen projections.
+    pub fn set_precision(&mut self, precision: FrozenPrecision) -> Result<()> {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        a.qkv.set_precision(precision)?;
+        a.o_bf16 = companion(&a.o_proj, precision)?;
+        m.gate_up.set_precision(precision)?;
+        m.down_bf16 = companion(&m.down_proj, precision)?;
+        Ok(())
+    }
+
     /// `h_mid + mlp(x_ffn) + hook.ffn(x_ffn)`.
     ///
     /// # Shapes
@@ -176,7 +203,7 @@ impl Mlp {
     /// The FFN of frozen `(out, in)` weights.
     pub fn new(gate_proj: Tensor, up_proj: Tensor, down_proj: Tensor) -> Result<Self> {
         let (gate_up, [gate_proj, up_proj]) = Packed::new([gate_proj, up_proj])?;
-        Ok(Self { gate_proj, up_proj, down_proj, gate_up })
+        Ok(Self { gate_proj, up_proj, down_proj, gate_up, down_bf16: None })
     }
 
     /// `down(silu(gate(x)) ∘ up(x))`; gate and up are one matmul of the packed weights.
@@ -192,7 +219,7 @@ impl Mlp {
         let sites = [(&self.gate_proj, LinearSite::Gate), (&self.up_proj, LinearSite::Up)];
         let gate_up = self.gate_up.project(x, sites, layer, ctx)?;
         let act = ops::swiglu(&gate_up, ctx.path)?;
-        project_onto(&act, &self.down_proj, residual, layer, LinearSite::Down, ctx)
+        project_onto(&act, (&self.down_proj, self.down_bf16.as_ref()), residual, layer, LinearSite::Down, ctx)
     }
 }
 
@@ -233,7 +260,7 @@ impl SelfAttention {
             *entry = Some((kv.get(0)?, kv.get(1)?));
         }
         let out = ops::attention(&qkv, &kv, &ctx.rope, self.rope_layout, self.dims, ctx.mask, ctx.path)?;
-        project_onto(&out, &self.o_proj, residual, layer, LinearSite::Output, ctx)
+        project_onto(&out, (&self.o_proj, self.o_bf16.as_ref()), residual, layer, LinearSite::Output, ctx)
     }
 }
 
@@ -242,7 +269,7 @@ impl SelfAttention {
     pub fn new(q_proj: Tensor, k_proj: Tensor, v_proj: Tensor, o_proj: Tensor, cfg: &ModelConfig) -> Result<Self> {
         let dims = HeadDims { heads: cfg.num_attention_heads, kv_heads: cfg.num_key_value_heads, head_dim: cfg.head_dim };
         let (qkv, [q_proj, k_proj, v_proj]) = Packed::new([q_proj, k_proj, v_proj])?;
-        Ok(Self { q_proj, k_proj, v_proj, o_proj, dims, rope_layout: cfg.rope_layout, qkv })
+        Ok(Self { q_proj, k_proj, v_proj, o_proj, dims, rope_layout: cfg.rope_layout, qkv, o_bf16: None })
     }
 
     pub(crate) fn shapes(cfg: &ModelConfig) -> [(&'static str, Vec<usize>); 4] {

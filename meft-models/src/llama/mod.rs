@@ -13,15 +13,18 @@
 mod layer;
 mod packed;
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result as CResult, Tensor};
 use meft_core::AdapterHook;
+use rayon::prelude::*;
 
 pub use layer::{DecoderLayer, KvPair, LayerContext, Mlp, SelfAttention};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::ops::{self, AttentionMask, OpPath};
+use crate::ops::{self, AttentionMask, Bf16Weight, FrozenPrecision, OpPath};
 use crate::weights::WeightMap;
 
 /// A LLaMA/Mistral causal language model with frozen weights.
@@ -39,6 +42,10 @@ pub struct Llama {
     pub lm_head: Tensor,
     /// Which op implementation the training forward uses.
     pub op_path: OpPath,
+    /// The precision of the frozen products ([`Llama::set_frozen_precision`]).
+    precision: FrozenPrecision,
+    /// bf16 companion of `lm_head` (bf16 frozen precision).
+    head_bf16: Option<Arc<Bf16Weight>>,
 }
 
 /// Mean negative log-likelihood of a token sequence.
@@ -67,7 +74,34 @@ impl Llama {
         } else {
             weights.take("lm_head.weight", &[v, d], dtype, device)?
         };
-        Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, op_path: OpPath::default() })
+        Ok(Self {
+            config: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            op_path: OpPath::default(),
+            precision: FrozenPrecision::F32,
+            head_bf16: None,
+        })
+    }
+
+    /// Computes every frozen product (projections and head) in `precision`: `Bf16` rounds the
+    /// weights and the products' inputs to bfloat16 and sums in f32 (AMX tiles where the CPU has
+    /// them), `F32` is exact f32. Building the bf16 companions packs every weight once.
+    ///
+    /// # Errors
+    /// A weight that is not a contiguous f32 CPU tensor (bf16 only).
+    pub fn set_frozen_precision(&mut self, precision: FrozenPrecision) -> Result<(), ModelError> {
+        self.layers.par_iter_mut().try_for_each(|l| l.set_precision(precision))?;
+        self.head_bf16 = layer::companion(&self.lm_head, precision)?;
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// The precision of the frozen products.
+    pub fn frozen_precision(&self) -> FrozenPrecision {
+        self.precision
     }
 
     /// Token embeddings.
@@ -134,7 +168,7 @@ impl Llama {
     /// `h`: `(batch, seq, hidden)`; result `(batch, seq, vocab)`.
     pub fn head(&self, h: &Tensor, path: OpPath) -> CResult<Tensor> {
         let x = ops::rms_norm(h, &self.norm, self.config.rms_norm_eps, path)?;
-        ops::linear(&x, &self.lm_head)
+        ops::linear_with(&x, &self.lm_head, self.head_bf16.as_ref())
     }
 
     /// Inference forward of new tokens after the positions in `cache`, extending the cache.
@@ -198,7 +232,8 @@ impl Llama {
     pub fn next_token_loss_of_hidden(&self, h: &Tensor, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
         check_next_token_shapes(h, tokens)?;
         let x = ops::rms_norm(h, &self.norm, self.config.rms_norm_eps, self.op_path)?;
-        masked_mean(&ops::head_next_token_nll(&x, &self.lm_head, tokens, self.op_path)?, mask, tokens.dim(1)?)
+        let nll = ops::head_next_token_nll_with(&x, &self.lm_head, self.head_bf16.as_ref(), tokens, self.op_path)?;
+        masked_mean(&nll, mask, tokens.dim(1)?)
     }
 
     /// Mean next-token negative log-likelihood of `tokens` (no gradient; used by `meft score`).

@@ -6,6 +6,7 @@
 //! layer concatenates the current fields at call time instead (slower, still correct).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::{Result, Tensor, TensorId};
 use meft_core::LinearSite;
@@ -18,6 +19,8 @@ use crate::ops;
 pub(crate) struct Packed<const N: usize> {
     weight: Tensor,
     parts: [TensorId; N],
+    /// The bf16 companion of `weight`, when the model computes frozen products in bf16.
+    pub bf16: Option<Arc<ops::Bf16Weight>>,
 }
 
 impl<const N: usize> Packed<N> {
@@ -33,7 +36,7 @@ impl<const N: usize> Packed<N> {
         }
         let views: [Tensor; N] = views.try_into().map_err(|_| candle_core::Error::Msg("packed: part count changed".into()))?;
         let ids = std::array::from_fn(|i| views[i].id());
-        Ok((Self { weight, parts: ids }, views))
+        Ok((Self { weight, parts: ids, bf16: None }, views))
     }
 
     /// The packed weight of `current` parts: the stored tensor while they are its views, a fresh
@@ -46,12 +49,21 @@ impl<const N: usize> Packed<N> {
         }
     }
 
+    /// Builds (`Bf16`) or drops (`F32`) the bf16 companion of the packed weight.
+    pub fn set_precision(&mut self, precision: ops::FrozenPrecision) -> Result<()> {
+        self.bf16 = match precision {
+            ops::FrozenPrecision::F32 => None,
+            ops::FrozenPrecision::Bf16 => Some(Arc::new(ops::Bf16Weight::new(&self.weight)?)),
+        };
+        Ok(())
+    }
+
     /// `x·Wᵀ` for all parts at once, plus each site's adapter term in its own columns.
     ///
     /// # Shapes
     /// `x`: `(batch, seq, in)`; result `(batch, seq, Σ out_i)`.
     pub fn project(&self, x: &Tensor, current: [(&Tensor, LinearSite); N], layer: usize, ctx: &LayerContext<'_>) -> Result<Tensor> {
-        let y = ops::linear(x, self.weight_of(current.map(|(w, _)| w))?.as_ref())?;
+        let y = ops::linear_with(x, self.weight_of(current.map(|(w, _)| w))?.as_ref(), self.bf16.as_ref())?;
         let mut extras = Vec::with_capacity(N);
         for (w, site) in current {
             extras.push((ctx.hook.linear(layer, site, x)?, w.dim(0)?));

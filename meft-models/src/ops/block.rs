@@ -19,7 +19,8 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 
 use super::attention::{Attention, HeadDims, KeepProbs, KvHeads, RopeSpec};
 use super::kernels::{f32_data, rms_norm_bwd_rows, rms_norm_rows, swiglu_bwd_rows, swiglu_rows, CausalMask, RopeTables};
-use super::linear::{linear_bwd_rows, linear_residual_rows, linear_rows};
+use super::bf16::Bf16Weight;
+use super::linear::{companion_for, linear_bwd_rows, linear_residual_rows, linear_rows, Weight};
 use crate::config::RopeLayout;
 
 /// Frozen f32 weights of the attention half of a layer.
@@ -31,6 +32,8 @@ pub struct AttentionBlockWeights {
     pub qkv: Tensor,
     /// Output projection, `(hidden, heads·head_dim)`.
     pub o: Tensor,
+    /// bf16 companions of `qkv` and `o` (used only if made from them).
+    pub bf16: [Option<Arc<Bf16Weight>>; 2],
 }
 
 /// Frozen f32 weights of the FFN half of a layer.
@@ -42,6 +45,13 @@ pub struct MlpBlockWeights {
     pub gate_up: Tensor,
     /// Down projection, `(hidden, intermediate)`.
     pub down: Tensor,
+    /// bf16 companions of `gate_up` and `down` (used only if made from them).
+    pub bf16: [Option<Arc<Bf16Weight>>; 2],
+}
+
+/// The companions among `bf16` that belong to `weights` (index for index).
+fn companions(bf16: &[Option<Arc<Bf16Weight>>; 2], weights: [&Tensor; 2]) -> [Option<Arc<Bf16Weight>>; 2] {
+    [companion_for(bf16[0].as_ref(), weights[0]).cloned(), companion_for(bf16[1].as_ref(), weights[1]).cloned()]
 }
 
 /// Runs `f` over the contiguous f32 data of CPU `tensors`.
@@ -111,7 +121,9 @@ pub fn attention_block(
     let keep = if h.track_op() { KeepProbs::ForBackward } else { KeepProbs::No };
     let mask = CausalMask { seq: tables.seq, offset: 0, window };
     let attention = Attention { dims, rope: rope.clone(), mask, keep, probs: Mutex::new(None) };
-    let op = AttentionBlock { weights: weights.clone(), eps: eps as f32, kv: KvHeads { dims, rope }, attention, saved: Mutex::new(None) };
+    let mut weights = weights.clone();
+    weights.bf16 = companions(&weights.bf16, [&weights.qkv, &weights.o]);
+    let op = AttentionBlock { weights, eps: eps as f32, kv: KvHeads { dims, rope }, attention, saved: Mutex::new(None) };
     h.contiguous()?.apply_op1(op)
 }
 
@@ -147,10 +159,10 @@ impl CustomOp1 for AttentionBlock {
         let w = &self.weights;
         let y = with_f32([&w.norm, &w.qkv, &w.o], self.name(), |[norm, wqkv, wo]| {
             let x = rms_norm_rows(&h, norm, self.eps);
-            let qkv = linear_rows(&x, wqkv, self.kv.dims.qkv_width())?;
+            let qkv = linear_rows(&x, Weight::with(wqkv, w.bf16[0].as_ref()), self.kv.dims.qkv_width())?;
             let kv = self.kv.rows(&qkv, b, seq);
             let out = self.attention.uncached_rows(b, seq, &qkv, &kv)?;
-            let y = linear_residual_rows(&out, wo, &h, w.o.dim(0)?)?;
+            let y = linear_residual_rows(&out, Weight::with(wo, w.bf16[1].as_ref()), &h, w.o.dim(0)?)?;
             if self.attention.keep == KeepProbs::ForBackward {
                 let saved = Arc::new(AttentionSaved { qkv, kv });
                 *self.saved.lock().map_err(|_| candle_core::Error::Msg("attention-block: poisoned lock".into()))? = Some(saved);
@@ -181,11 +193,11 @@ impl CustomOp2 for AttentionBlockBwd<'_> {
         let (f, saved) = (self.fwd, self.fwd.saved()?);
         let w = &f.weights;
         let dh = with_f32([&w.norm, &w.qkv, &w.o], self.name(), |[norm, wqkv, wo]| {
-            let d_out = linear_bwd_rows(&g, wo, w.o.dim(0)?)?;
+            let d_out = linear_bwd_rows(&g, Weight::with(wo, w.bf16[1].as_ref()), w.o.dim(0)?)?;
             let mut packed = f.attention.uncached_backward(b, seq, (&saved.qkv, &saved.kv, &d_out))?;
             let (d_qkv, d_kv) = packed.split_at_mut(saved.qkv.len());
             f.kv.backward_into(d_kv, b, d_qkv);
-            let dx = linear_bwd_rows(d_qkv, wqkv, f.kv.dims.qkv_width())?;
+            let dx = linear_bwd_rows(d_qkv, Weight::with(wqkv, w.bf16[0].as_ref()), f.kv.dims.qkv_width())?;
             Ok(residual_input_grad(&h, norm, &dx, &g, f.eps))
         })?;
         Ok((CpuStorage::F32(dh), l1.shape().clone()))
@@ -205,7 +217,9 @@ pub fn mlp_block(h: &Tensor, weights: &MlpBlockWeights, eps: f64) -> Result<Tens
         bail!("mlp-block: weights gate_up {:?} / down {:?} do not fit hidden {d}", weights.gate_up.dims(), weights.down.dims())
     }
     let keep = h.track_op();
-    h.contiguous()?.apply_op1(MlpBlock { weights: weights.clone(), eps: eps as f32, keep, saved: Mutex::new(None) })
+    let mut weights = weights.clone();
+    weights.bf16 = companions(&weights.bf16, [&weights.gate_up, &weights.down]);
+    h.contiguous()?.apply_op1(MlpBlock { weights, eps: eps as f32, keep, saved: Mutex::new(None) })
 }
 
 struct MlpBlock {
@@ -227,9 +241,9 @@ impl CustomOp1 for MlpBlock {
         let w = &self.weights;
         let y = with_f32([&w.norm, &w.gate_up, &w.down], self.name(), |[norm, wgu, wd]| {
             let x = rms_norm_rows(&h, norm, self.eps);
-            let gate_up = linear_rows(&x, wgu, w.gate_up.dim(0)?)?;
+            let gate_up = linear_rows(&x, Weight::with(wgu, w.bf16[0].as_ref()), w.gate_up.dim(0)?)?;
             let act = swiglu_rows(&gate_up, w.gate_up.dim(0)?);
-            let y = linear_residual_rows(&act, wd, &h, w.down.dim(0)?)?;
+            let y = linear_residual_rows(&act, Weight::with(wd, w.bf16[1].as_ref()), &h, w.down.dim(0)?)?;
             if self.keep {
                 *self.saved.lock().map_err(|_| candle_core::Error::Msg("mlp-block: poisoned lock".into()))? = Some(Arc::new(gate_up));
             }
@@ -261,9 +275,9 @@ impl CustomOp2 for MlpBlockBwd<'_> {
         let w = &f.weights;
         let dh = with_f32([&w.norm, &w.gate_up, &w.down], self.name(), |[norm, wgu, wd]| {
             let packed = w.gate_up.dim(0)?;
-            let d_act = linear_bwd_rows(&g, wd, w.down.dim(0)?)?;
+            let d_act = linear_bwd_rows(&g, Weight::with(wd, w.bf16[1].as_ref()), w.down.dim(0)?)?;
             let d_gate_up = swiglu_bwd_rows(&gate_up, &d_act, packed);
-            let dx = linear_bwd_rows(&d_gate_up, wgu, packed)?;
+            let dx = linear_bwd_rows(&d_gate_up, Weight::with(wgu, w.bf16[0].as_ref()), packed)?;
             Ok(residual_input_grad(&h, norm, &dx, &g, f.eps))
         })?;
         Ok((CpuStorage::F32(dh), l1.shape().clone()))

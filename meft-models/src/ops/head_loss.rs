@@ -15,7 +15,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{f32_data, last_dim, nll_grad_in_place, scored_log_sum_exps, targets, LogitRows};
-use super::linear::{linear_bwd_rows, linear_rows};
+use super::bf16::Bf16Weight;
+use super::linear::{linear_bwd_rows, linear_rows, Weight};
 
 /// What the forward keeps for the backward.
 struct Saved {
@@ -32,12 +33,18 @@ pub(super) struct HeadNll {
     pub rows: LogitRows,
     /// Whether the output takes part in autograd (then the forward keeps its logits).
     pub keep: bool,
+    /// The head's bf16 companion, when the products run in bf16.
+    bf16: Option<std::sync::Arc<Bf16Weight>>,
     saved: Mutex<Option<Saved>>,
 }
 
 impl HeadNll {
-    pub fn new(rows: LogitRows, keep: bool) -> Self {
-        Self { rows, keep, saved: Mutex::new(None) }
+    pub fn new(rows: LogitRows, keep: bool, bf16: Option<std::sync::Arc<Bf16Weight>>) -> Self {
+        Self { rows, keep, bf16, saved: Mutex::new(None) }
+    }
+
+    fn weight<'a>(&'a self, w: &'a [f32]) -> Weight<'a> {
+        Weight::with(w, self.bf16.as_ref())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<Saved>>> {
@@ -63,7 +70,7 @@ impl CustomOp3 for HeadNll {
         let (x, w) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
         let vocab = head_vocab(self.name(), l1, l2)?;
         let t = targets(s3, l3)?;
-        let logits = linear_rows(&x, &w, vocab)?;
+        let logits = linear_rows(&x, self.weight(&w), vocab)?;
         let lse = scored_log_sum_exps(self.name(), &logits, vocab, self.rows, &t)?;
         let lse_len = lse.len();
         let nll = (0..lse_len).map(|r| lse[r] - logits[self.rows.source(r) * vocab + t[r] as usize]).collect();
@@ -101,13 +108,13 @@ impl CustomOp3 for HeadNllBwd<'_> {
         // A second backward of the same forward finds the logits gone and recomputes them.
         let mut dz = match saved.logits.take() {
             Some(logits) => logits,
-            None => linear_rows(&x, &w, vocab)?,
+            None => linear_rows(&x, self.fwd.weight(&w), vocab)?,
         };
         let rows = self.fwd.rows;
         dz.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, row)| match rows.scored(r) {
             Some(k) => nll_grad_in_place(row, saved.lse[k], g[k], saved.targets[k] as usize),
             None => row.fill(0.0),
         });
-        Ok((CpuStorage::F32(linear_bwd_rows(&dz, &w, vocab)?), l1.shape().clone()))
+        Ok((CpuStorage::F32(linear_bwd_rows(&dz, self.fwd.weight(&w), vocab)?), l1.shape().clone()))
     }
 }

@@ -6,7 +6,9 @@
 //! candle-nn's fused softmax/rms_norm/rope are never used: they have no backward and would silently
 //! cut the gradient flowing from the loss to the adapters.
 
+mod amx;
 mod attention;
+mod bf16;
 mod block;
 mod fastexp;
 mod gemm;
@@ -19,6 +21,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub use attention::HeadDims;
+pub use bf16::{matmul_slow as bf16_matmul_slow, Bf16Weight, FrozenPrecision};
 pub use block::{attention_block, mlp_block, AttentionBlockWeights, MlpBlockWeights};
 use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
 pub use kernels::RopeTables;
@@ -279,12 +282,25 @@ pub fn attention_slow(
 /// # Shapes
 /// `x`: `(..., in)`, `w`: `(out, in)`; result `(..., out)`.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_with(x, w, None)
+}
+
+/// [`linear`] computed in bf16 by `bf16`, the companion of `w`, when it was made from `w` and
+/// `x` is f32 on the CPU (with or without a graph); [`linear`] otherwise.
+///
+/// # Shapes
+/// As [`linear`].
+pub fn linear_with(x: &Tensor, w: &Tensor, bf16: Option<&std::sync::Arc<Bf16Weight>>) -> Result<Tensor> {
     let x = x.contiguous()?;
+    let bf16 = linear::companion_for(bf16, w).filter(|_| x.dtype() == DType::F32 && x.device().is_cpu() && !w.track_op());
+    if let Some(b) = bf16 {
+        return x.apply_op2(&w.contiguous()?, FrozenLinear { bf16: Some(b.clone()) });
+    }
     if !x.track_op() || w.track_op() || !x.device().is_cpu() {
         return linear_slow(&x, w);
     }
     if x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-        return x.apply_op2(&w.contiguous()?, FrozenLinear);
+        return x.apply_op2(&w.contiguous()?, FrozenLinear { bf16: None });
     }
     let y = x.detach().broadcast_matmul(&w.t()?)?;
     x.apply_op2(&y, FrozenLinearGrad { weight: w.clone() })
@@ -296,11 +312,20 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `x`: `(..., in)`, `w`: `(out, in)`, `h`: `(..., out)`; result like `h`.
 pub fn linear_residual(x: &Tensor, w: &Tensor, h: &Tensor) -> Result<Tensor> {
+    linear_residual_with(x, w, h, None)
+}
+
+/// [`linear_residual`] with the product computed in bf16 by `bf16` when it is `w`'s companion.
+///
+/// # Shapes
+/// As [`linear_residual`].
+pub fn linear_residual_with(x: &Tensor, w: &Tensor, h: &Tensor, bf16: Option<&std::sync::Arc<Bf16Weight>>) -> Result<Tensor> {
     let f32_cpu = x.device().is_cpu() && [x.dtype(), w.dtype(), h.dtype()].iter().all(|&d| d == DType::F32);
     if !f32_cpu || w.track_op() {
         return linear_residual_slow(x, w, h);
     }
-    x.contiguous()?.apply_op3(&w.contiguous()?, &h.contiguous()?, FrozenLinearResidual)
+    let bf16 = linear::companion_for(bf16, w).cloned();
+    x.contiguous()?.apply_op3(&w.contiguous()?, &h.contiguous()?, FrozenLinearResidual { bf16 })
 }
 
 /// Reference form of [`linear_residual`].
@@ -357,13 +382,21 @@ pub fn next_token_nll(logits: &Tensor, tokens: &Tensor, path: OpPath) -> Result<
 /// `x`: `(batch, seq, hidden)` with `seq ≥ 2`, `tokens`: `(batch, seq)`; result
 /// `(batch·(seq − 1))`, sequence-major.
 pub fn head_next_token_nll(x: &Tensor, w: &Tensor, tokens: &Tensor, path: OpPath) -> Result<Tensor> {
+    head_next_token_nll_with(x, w, None, tokens, path)
+}
+
+/// [`head_next_token_nll`] with the head's products in bf16 by `bf16` when it is `w`'s companion.
+///
+/// # Shapes
+/// As [`head_next_token_nll`].
+pub fn head_next_token_nll_with(x: &Tensor, w: &Tensor, bf16: Option<&std::sync::Arc<Bf16Weight>>, tokens: &Tensor, path: OpPath) -> Result<Tensor> {
     let fused = path.on(x.device()) == OpPath::Fused && x.dtype() == DType::F32 && w.dtype() == DType::F32 && !w.track_op();
     if !fused {
-        return next_token_nll(&linear(x, w)?, tokens, path);
+        return next_token_nll(&linear_with(x, w, bf16)?, tokens, path);
     }
     let (_, s, _) = x.dims3()?;
     let targets = tokens.narrow(1, 1, s - 1)?.flatten_all()?.to_dtype(DType::U32)?;
-    let op = head_loss::HeadNll::new(LogitRows::AllButLastOf(s), x.track_op());
+    let op = head_loss::HeadNll::new(LogitRows::AllButLastOf(s), x.track_op(), linear::companion_for(bf16, w).cloned());
     x.contiguous()?.apply_op3(&w.contiguous()?, &targets, op)
 }
 

@@ -191,17 +191,17 @@ proptest! {
     fn column_split_linear_matches_single_product(rows in 1usize..9, d_in in 1usize..40, d_out in 1usize..70, seed in 0u64..1000) {
         let (x, w, h) = (values(rows * d_in, seed, 1.0), values(d_out * d_in, seed + 1, 1.0), values(rows * d_out, seed + 2, 1.0));
         let want = linear::linear_rows_slow(&x, &w, d_out).unwrap();
-        let got = linear::linear_rows(&x, &w, d_out).unwrap();
-        let got_res = linear::linear_residual_rows(&x, &w, &h, d_out).unwrap();
+        let got = linear::linear_rows(&x, linear::Weight::f32(&w), d_out).unwrap();
+        let got_res = linear::linear_residual_rows(&x, linear::Weight::f32(&w), &h, d_out).unwrap();
         for i in 0..want.len() {
             prop_assert!((got[i] - want[i]).abs() <= 1e-5 * want[i].abs().max(1.0), "[{i}] {} vs {}", got[i], want[i]);
             let with_res = want[i] + h[i];
             prop_assert!((got_res[i] - with_res).abs() <= 1e-5 * with_res.abs().max(1.0));
         }
-        prop_assert!(linear::linear_rows(&x[1..], &w, d_out).is_err() || d_in == 1);
+        prop_assert!(linear::linear_rows(&x[1..], linear::Weight::f32(&w), d_out).is_err() || d_in == 1);
         // The input gradient g·W splits the columns of a row-major (not transposed) operand.
         let g = values(rows * d_out, seed + 3, 1.0);
-        let dx = linear::linear_bwd_rows(&g, &w, d_out).unwrap();
+        let dx = linear::linear_bwd_rows(&g, linear::Weight::f32(&w), d_out).unwrap();
         for r in 0..rows {
             for c in 0..d_in {
                 let want: f32 = (0..d_out).map(|o| g[r * d_out + o] * w[o * d_in + c]).sum();
