@@ -11,6 +11,7 @@ pub mod kernels_ref;
 pub mod optim;
 pub mod rows;
 pub mod sparse;
+pub mod sparse_fused;
 
 pub use adapter::{AdapterHook, LinearSite, NoAdapters};
 pub use error::{Error, Result};

@@ -31,7 +31,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use meft_core::adapters::DeviceAdamW;
-use meft_core::sparse::{GateInput, SparseIndex, sparse_adapter_forward, sparse_activation_bytes};
+use meft_core::sparse::{Evaluation, GateInput, SparseIndex, SparseSelection, sparse_adapter_forward, sparse_activation_bytes};
+use meft_core::sparse_fused::{PairIndex, fused_activation_bytes, sparse_adapter_fused};
 use meft_core::{AdapterHook, LinearSite};
 use meft_router::{Capacity, ExpertLayout, FiniteCheck, RouteConfig, RouteScratch, Scoring, init_gates};
 
@@ -236,7 +237,7 @@ impl MeftAdapter {
     fn forward_layer(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
         let routed = self.routing_for(layer, x)?;
         let (ids, sel, drops) = selection(&routed.routing, &self.ctx.layout, self.cfg.evaluation);
-        let (u, two_d, d) = (ids.len(), 2 * self.cfg.hidden, self.cfg.hidden);
+        let (u, two_d) = (ids.len(), 2 * self.cfg.hidden);
         let t0 = Instant::now();
         let staging = self.staging.get(&layer).ok_or_else(|| missing(layer))?;
         let mut staging = staging.lock().unwrap_or_else(|e| e.into_inner());
@@ -248,20 +249,9 @@ impl MeftAdapter {
         let ws = Var::from_slice(&staging[..u * two_d], (u, two_d), self.device.candle())?;
         drop(staging);
         let t2 = Instant::now();
-        let keys = ws.as_tensor().narrow(1, 0, d)?.contiguous()?;
-        let values = ws.as_tensor().narrow(1, d, d)?.contiguous()?;
-        let index = SparseIndex::new(&sel, self.cfg.experts, self.device.candle())?;
         let gate_var = self.gates.get(&layer).ok_or_else(|| missing(layer))?;
-        let gate = match self.cfg.scoring {
-            Scoring::Gated => GateInput::Gated(gate_var.as_tensor()),
-            Scoring::Plain => GateInput::Plain,
-        };
-        let y = sparse_adapter_forward(x, &keys, &values, gate, &index)?;
-        let gate_experts = match self.cfg.scoring {
-            Scoring::Gated => self.cfg.experts,
-            Scoring::Plain => 0,
-        };
-        let act = sparse_activation_bytes(sel.tokens, u, gate_experts, d, DType::F32) + 2 * (u * two_d * 4) as u64;
+        let (y, act) = self.sparse_output(x, &ws, gate_var, &sel)?;
+        let act = act + 2 * (u * two_d * 4) as u64;
         self.device.set_usage(&format!("activations.meft.layer{layer}"), Category::Activations, act)?;
         let bytes = (u * two_d * 4) as u64;
         let mut st = self.lock_state();
@@ -281,6 +271,32 @@ impl MeftAdapter {
             )));
         }
         Ok(y)
+    }
+
+    /// The sparse adapter output on the working set `ws`, and the activation bytes it keeps:
+    /// per-token evaluation on the CPU as one fused node over the selected pairs
+    /// ([`sparse_adapter_fused`]), union evaluation (or another device) through the candle graph.
+    fn sparse_output(&self, x: &Tensor, ws: &Var, gate_var: &Var, sel: &SparseSelection) -> Result<(Tensor, u64)> {
+        let d = self.cfg.hidden;
+        let gate_experts = match self.cfg.scoring {
+            Scoring::Gated => self.cfg.experts,
+            Scoring::Plain => 0,
+        };
+        if sel.evaluation == Evaluation::PerToken && x.device().is_cpu() {
+            let index = Arc::new(PairIndex::new(sel, self.cfg.experts)?);
+            let act = fused_activation_bytes(index.len(), sel.tokens, gate_experts);
+            let gates = (self.cfg.scoring == Scoring::Gated).then(|| gate_var.as_tensor());
+            return Ok((sparse_adapter_fused(x, ws.as_tensor(), gates, index)?, act));
+        }
+        let keys = ws.as_tensor().narrow(1, 0, d)?.contiguous()?;
+        let values = ws.as_tensor().narrow(1, d, d)?.contiguous()?;
+        let index = SparseIndex::new(sel, self.cfg.experts, self.device.candle())?;
+        let gate = match self.cfg.scoring {
+            Scoring::Gated => GateInput::Gated(gate_var.as_tensor()),
+            Scoring::Plain => GateInput::Plain,
+        };
+        let y = sparse_adapter_forward(x, &keys, &values, gate, &index)?;
+        Ok((y, sparse_activation_bytes(sel.tokens, sel.rows(), gate_experts, d, DType::F32)))
     }
 
     fn ffn_impl(&self, layer: usize, x: &Tensor) -> Result<Option<Tensor>> {

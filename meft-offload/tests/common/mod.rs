@@ -130,3 +130,13 @@ pub fn assert_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
         assert!((x - y).abs() <= rel * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
     }
 }
+
+/// `|a − b| ≤ rel · max(1, max|b|)` elementwise: for gradients, which sum many terms of mixed
+/// sign, so that summation order moves small entries by a fraction of the largest one.
+pub fn assert_scaled_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(1f32, |m, y| m.max(y.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= rel * scale, "{what}[{i}]: {x} vs {y} (scale {scale})");
+    }
+}
