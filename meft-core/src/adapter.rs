@@ -52,6 +52,24 @@ pub trait AdapterHook: Send + Sync {
     fn adapts_projections(&self, _layer: usize) -> bool {
         true
     }
+
+    /// Serial adapter after the FFN of `layer` (Houlsby-style): a term added to the FFN output,
+    /// computed from that output.
+    ///
+    /// Called only when [`AdapterHook::adapts_ffn_output`] is `true` for `layer`.
+    ///
+    /// # Shapes
+    /// `y` is the FFN output (before the residual add), `(batch, seq, hidden)`; the result has
+    /// the same shape and is added to it.
+    fn ffn_output(&self, _layer: usize, _y: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Whether [`AdapterHook::ffn_output`] adapts `layer` (then the model computes the FFN output
+    /// as its own graph tensor instead of adding it onto the residual inside one kernel).
+    fn adapts_ffn_output(&self, _layer: usize) -> bool {
+        false
+    }
 }
 
 /// The hook of a model without adapters.

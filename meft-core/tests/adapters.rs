@@ -91,3 +91,100 @@ fn device_adamw_matches_the_host_reference() {
         assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
+
+/// f32 values of a tensor as f64.
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
+}
+
+#[test]
+fn adapter_h_matches_the_loop_reference_and_starts_at_zero() {
+    use meft_core::adapters::{HoulsbyAdapter, HoulsbyLayer, houlsby_forward_slow};
+    let dev = Device::Cpu;
+    let (d, r, t) = (5, 3, 4);
+    let var = |v: Vec<f32>, shape: &[usize]| Var::from_vec(v, shape, &dev).unwrap();
+    let layer = HoulsbyLayer {
+        down: var(ramp(r * d, 0.2), &[r, d]),
+        down_bias: var(ramp(r, 0.1), &[r]),
+        up: var(ramp(d * r, -0.3), &[d, r]),
+        up_bias: var(ramp(d, 0.05), &[d]),
+    };
+    let a = HoulsbyAdapter::from_layers(BTreeMap::from([(2, layer.clone())]));
+    assert!(a.adapts_ffn_output(2) && !a.adapts_ffn_output(1) && !a.adapts_projections(2));
+    let y = Tensor::from_slice(&ramp(t * d, 0.4), (1, t, d), &dev).unwrap();
+    let got = f64s(&a.ffn_output(2, &y).unwrap().unwrap());
+    let want = houlsby_forward_slow(&f64s(&y), &f64s(layer.down.as_tensor()), &f64s(layer.down_bias.as_tensor()), &f64s(layer.up.as_tensor()), &f64s(layer.up_bias.as_tensor()), d);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+    }
+    assert!(a.ffn_output(1, &y).unwrap().is_none());
+    let fresh = HoulsbyAdapter::new(&[0], r, d, DType::F32, &dev).unwrap();
+    assert_eq!(fresh.vars().len(), 4);
+    assert_eq!(fresh.param_count(), HoulsbyAdapter::params_per_layer(r, d));
+    let zero = fresh.ffn_output(0, &y).unwrap().unwrap();
+    assert_eq!(zero.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert!(HoulsbyAdapter::new(&[0], 0, d, DType::F32, &dev).is_err());
+}
+
+/// Central differences of the AdapterH term's weighted sum against candle's gradients, for every
+/// parameter (f32, step 1e-2 on values of order 1: agreement to 2e-3).
+#[test]
+fn adapter_h_gradients_match_finite_differences() {
+    use meft_core::adapters::{HoulsbyAdapter, HoulsbyLayer};
+    let dev = Device::Cpu;
+    let (d, r, t) = (4, 2, 3);
+    let var = |v: Vec<f32>, shape: &[usize]| Var::from_vec(v, shape, &dev).unwrap();
+    let layer = HoulsbyLayer {
+        down: var(ramp(r * d, 0.2), &[r, d]),
+        down_bias: var(ramp(r, 0.1), &[r]),
+        up: var(ramp(d * r, -0.3), &[d, r]),
+        up_bias: var(ramp(d, 0.05), &[d]),
+    };
+    let a = HoulsbyAdapter::from_layers(BTreeMap::from([(0, layer)]));
+    let y = Tensor::from_slice(&ramp(t * d, 0.4), (t, d), &dev).unwrap();
+    let w = Tensor::from_slice(&ramp(t * d, -0.7), (t, d), &dev).unwrap();
+    let loss = |a: &HoulsbyAdapter| (a.ffn_output(0, &y).unwrap().unwrap() * &w).unwrap().sum_all().unwrap();
+    let grads = loss(&a).backward().unwrap();
+    for (name, v) in a.vars() {
+        let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for i in 0..base.len() {
+            let at = |delta: f32| {
+                let mut p = base.clone();
+                p[i] += delta;
+                v.set(&Tensor::from_vec(p, v.shape(), &dev).unwrap()).unwrap();
+                loss(&a).to_scalar::<f32>().unwrap()
+            };
+            let numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
+            v.set(&Tensor::from_vec(base.clone(), v.shape(), &dev).unwrap()).unwrap();
+            assert!((numeric - g[i]).abs() < 2e-3, "{name}[{i}]: numeric {numeric} vs autograd {}", g[i]);
+        }
+    }
+}
+
+#[test]
+fn full_delta_adds_x_times_delta_transposed_and_starts_at_zero() {
+    use meft_core::adapters::FullDelta;
+    let dev = Device::Cpu;
+    let dims = |s: LinearSite| if s == LinearSite::Up { (4, 6) } else { (4, 4) };
+    let full = FullDelta::new(&[1], &[LinearSite::Query, LinearSite::Up], &dims, DType::F32, &dev).unwrap();
+    assert!(full.adapts_projections(1) && !full.adapts_projections(0));
+    assert_eq!(full.param_count(), 16 + 24);
+    let x = Tensor::from_slice(&ramp(8, 0.5), (1, 2, 4), &dev).unwrap();
+    let zero = full.linear(1, LinearSite::Up, &x).unwrap().unwrap();
+    assert_eq!(zero.dims(), &[1, 2, 6]);
+    assert_eq!(zero.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert!(full.linear(1, LinearSite::Down, &x).unwrap().is_none());
+    let (_, dw) = full.vars().into_iter().find(|(n, _)| n == "layers.1.up.delta").unwrap();
+    let delta = ramp(24, 0.1);
+    dw.set(&Tensor::from_slice(&delta, (6, 4), &dev).unwrap()).unwrap();
+    let y = full.linear(1, LinearSite::Up, &x).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let xs = ramp(8, 0.5);
+    for t in 0..2 {
+        for o in 0..6 {
+            let want: f32 = (0..4).map(|i| xs[t * 4 + i] * delta[o * 4 + i]).sum();
+            assert!((y[t * 6 + o] - want).abs() < 1e-5);
+        }
+    }
+    assert!(FullDelta::new(&[0], &[], &dims, DType::F32, &dev).is_err());
+}

@@ -1,5 +1,6 @@
-//! Device-resident adapters behind [`AdapterHook`](crate::AdapterHook): the dense Parallel Adapter
-//! and LoRA, plus an AdamW over candle [`Var`]s for their parameters (and for MEFT's gates).
+//! Device-resident adapters behind [`AdapterHook`](crate::AdapterHook): the dense Parallel Adapter,
+//! LoRA, the serial AdapterH and full fine-tuning as full-size updates, plus an AdamW over candle
+//! [`Var`]s for their parameters (and for MEFT's gates).
 //!
 //! Every adapter owns its trainable parameters as candle [`Var`]s and lists them through
 //! [`Trainable::vars`], so one training loop serves every method: forward with the adapter as the
@@ -7,10 +8,14 @@
 //! MEFT adapter (crate `meft-offload`) implements the same hook with its parameters in host memory.
 
 mod device_adamw;
+mod full_delta;
+mod houlsby;
 mod lora;
 mod parallel;
 
 pub use device_adamw::{DeviceAdamW, DeviceAdamWConfig};
+pub use full_delta::FullDelta;
+pub use houlsby::{HoulsbyAdapter, HoulsbyLayer, houlsby_forward_slow};
 pub use lora::{LoraAdapter, LoraConfig};
 pub use parallel::{Activation, ParallelAdapter, ParallelAdapterLayer, parallel_forward};
 

@@ -145,6 +145,10 @@ impl DecoderLayer {
             bf16: [a.qkv.bf16.clone(), a.o_bf16.clone()],
         };
         let h_mid = ops::attention_block(h, &attn, self.eps, a.dims, &ctx.rope, a.rope_layout, ctx.mask.window)?;
+        if ctx.hook.adapts_ffn_output(self.index) {
+            let x_ffn = ops::rms_norm(&h_mid, &self.post_attention_layernorm, self.eps, ctx.path)?;
+            return self.ffn_residual(&h_mid, &x_ffn, ctx);
+        }
         let m = &self.mlp;
         let mlp = ops::MlpBlockWeights {
             norm: self.post_attention_layernorm.clone(),
@@ -186,12 +190,22 @@ impl DecoderLayer {
         Ok(())
     }
 
-    /// `h_mid + mlp(x_ffn) + hook.ffn(x_ffn)`.
+    /// `h_mid + y + hook.ffn_output(y) + hook.ffn(x_ffn)` with `y = mlp(x_ffn)` (the serial term
+    /// only where the hook adapts the FFN output).
     ///
     /// # Shapes
     /// `h_mid`, `x_ffn`: `(batch, seq, hidden)`; result likewise.
     pub fn ffn_residual(&self, h_mid: &Tensor, x_ffn: &Tensor, ctx: &LayerContext<'_>) -> Result<Tensor> {
-        let out = self.mlp.forward_onto(x_ffn, Some(h_mid), self.index, ctx)?;
+        let out = if ctx.hook.adapts_ffn_output(self.index) {
+            let y = self.mlp.forward(x_ffn, self.index, ctx)?;
+            let y = match ctx.hook.ffn_output(self.index, &y)? {
+                Some(extra) => (y + extra)?,
+                None => y,
+            };
+            (h_mid + y)?
+        } else {
+            self.mlp.forward_onto(x_ffn, Some(h_mid), self.index, ctx)?
+        };
         match ctx.hook.ffn(self.index, x_ffn)? {
             Some(extra) => out + extra,
             None => Ok(out),
