@@ -83,7 +83,7 @@ fn losses(out: &Path) -> Vec<f64> {
 
 #[test]
 fn every_method_lowers_the_loss_and_exports_a_loadable_adapter() {
-    for method in ["meft", "pa", "lora"] {
+    for method in ["meft", "pa", "lora", "adapter_h", "full_ft"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = format!("method='{method}'");
         let p = plan(dir.path(), &[&m, "checkpoint.every=0"]).expect("plan");

@@ -95,6 +95,15 @@ impl ChatTemplate {
         }
     }
 
+    /// The same format without a default system prompt: a conversation without a system
+    /// message then has no system turn at all.
+    pub fn without_default_system(&self) -> Self {
+        match self {
+            Self::ChatMl { .. } => Self::ChatMl { default_system: None },
+            other => other.clone(),
+        }
+    }
+
     /// Short name for `meft info`.
     pub fn name(&self) -> &'static str {
         match self {

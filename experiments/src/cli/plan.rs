@@ -18,6 +18,8 @@ pub enum PlanMethod {
     Pa,
     /// LoRA (sizes its rank).
     Lora,
+    /// AdapterH (sizes its bottleneck).
+    AdapterH,
 }
 
 /// Arguments of `meft plan`.
@@ -42,6 +44,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         PlanMethod::Meft => "meft",
         PlanMethod::Pa => "pa",
         PlanMethod::Lora => "lora",
+        PlanMethod::AdapterH => "adapter_h",
     };
     let mut overrides = vec![format!("method='{method}'"), "steps=1".to_string()];
     overrides.extend(args.overrides.iter().cloned());
@@ -58,6 +61,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let (knob, experts) = match raw.method {
         MethodKind::Meft => (SizeKnob::MeftCapacity, (raw.meft.neurons as f64).sqrt() / raw.meft.expert_factor),
         MethodKind::Pa => (SizeKnob::PaNeurons, 0.0),
+        MethodKind::AdapterH => (SizeKnob::AdapterHUnits, 0.0),
         _ => (SizeKnob::LoraRank, 0.0),
     };
     let largest = memory::largest_fitting(budget, fixed.total_device, knob, &cfg, layers.len() as u64, &sites, experts.round() as u64);

@@ -195,15 +195,7 @@ fn base_model(ctx: &Context, raw: &RawConfig, cfg: &meft_models::ModelConfig, in
 pub(super) fn train_one(raw: RawConfig, cfg: &meft_models::ModelConfig, inputs: &Inputs, dataset: &str) -> Result<RunResult> {
     let (method, lr) = (raw.method, raw.optim.lr);
     let plan = TrainPlan::new(raw, cfg)?;
-    let size = match &plan.method {
-        crate::train::plan::MethodPlan::Meft { config, offload } => {
-            let c = offload.layers.first().map_or(0, |l| l.capacity);
-            format!("M = {} host, C = {c} device rows, K = {}", config.neurons, config.top_k)
-        }
-        crate::train::plan::MethodPlan::Pa { size, .. } => format!("M = {size}"),
-        crate::train::plan::MethodPlan::Lora(l) => format!("r = {}", l.rank),
-        crate::train::plan::MethodPlan::None => "-".into(),
-    };
+    let size = plan.method.size_label();
     let device_adapter_bytes = plan.memory.adapter_working_set + plan.memory.device_optimizer;
     let top_k = plan.raw.meft.top_k;
     eprintln!("[capacity] {dataset}: {} {size} lr {lr:e}", method_name(method));
@@ -236,12 +228,7 @@ fn dropped_fraction(t: &Trainer, top_k: usize) -> f64 {
 }
 
 fn method_name(m: MethodKind) -> &'static str {
-    match m {
-        MethodKind::Meft => "MEFT",
-        MethodKind::Pa => "PA",
-        MethodKind::Lora => "LoRA",
-        MethodKind::None => "base",
-    }
+    m.label()
 }
 
 /// Per dataset and method, the run with the best trained-facts EM (ties: lower held-out loss).

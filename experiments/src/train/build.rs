@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
-use meft_core::adapters::{LoraAdapter, ParallelAdapter, Phase, Trainable};
+use meft_core::adapters::{FullDelta, HoulsbyAdapter, LoraAdapter, ParallelAdapter, Phase, Trainable};
 use meft_models::chat::ChatTemplate;
 use meft_models::{Architecture, Llama, ModelConfig, RopeLayout, Tokenizer, WeightMap};
 use meft_offload::{Category, DeviceKind, MeftAdapter, OffloadDevice};
@@ -120,13 +120,14 @@ pub fn device(plan: &TrainPlan, cfg: &ModelConfig) -> Result<Arc<OffloadDevice>>
 }
 
 /// Draws the initial values of device adapter variables from `seed` (candle's CPU RNG cannot be
-/// seeded): PA keys N(0, 0.02), LoRA A N(0, 1/√fan_in); values and LoRA B stay zero.
+/// seeded): PA keys N(0, 0.02), LoRA A and AdapterH's down projection N(0, 1/√fan_in); values,
+/// LoRA B, AdapterH's up projection and biases, and full fine-tuning's updates stay zero.
 fn reseed(vars: &[(String, candle_core::Var)], seed: u64) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (name, var) in vars {
         let std = if name.ends_with(".keys") {
             0.02
-        } else if name.ends_with(".lora_a") {
+        } else if name.ends_with(".lora_a") || name.ends_with(".adapter_h.down") {
             (1.0 / var.dims()[1] as f64).sqrt() as f32
         } else {
             continue;
@@ -158,6 +159,17 @@ pub fn adapter(plan: &TrainPlan, cfg: &ModelConfig, dev: &Arc<OffloadDevice>) ->
             reseed(&a.vars(), seed)?;
             account(dev, &a)?;
             Box::new(DeviceTrainable::new(a, plan.adamw, |a: &LoraAdapter, p: Phase| a.set_phase(p))?)
+        }
+        MethodPlan::AdapterH { size } => {
+            let a = HoulsbyAdapter::new(&plan.layers, *size, d, DType::F32, &Device::Cpu)?;
+            reseed(&a.vars(), seed)?;
+            account(dev, &a)?;
+            Box::new(DeviceTrainable::new(a, plan.adamw, |_, _| {})?)
+        }
+        MethodPlan::FullFt { sites } => {
+            let a = FullDelta::new(&plan.layers, sites, &|site| site_dims(cfg, site), DType::F32, &Device::Cpu)?;
+            account(dev, &a)?;
+            Box::new(DeviceTrainable::new(a, plan.adamw, |_, _| {})?)
         }
         MethodPlan::None => bail!("method = none has nothing to train; use `meft eval` for the base model"),
     })

@@ -66,8 +66,26 @@ pub enum MethodKind {
     Pa,
     /// LoRA on attention (and optionally FFN) projections.
     Lora,
+    /// AdapterH: the serial bottleneck adapter after the FFN (Houlsby et al. 2019).
+    AdapterH,
+    /// Full fine-tuning of the adapted layers' projections.
+    FullFt,
     /// No adapter (base model; evaluation only, training is rejected).
     None,
+}
+
+impl MethodKind {
+    /// The name used in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Meft => "MEFT",
+            Self::Pa => "PA",
+            Self::Lora => "LoRA",
+            Self::AdapterH => "AdapterH",
+            Self::FullFt => "full FT",
+            Self::None => "base",
+        }
+    }
 }
 
 /// The whole experiment file.
@@ -100,6 +118,10 @@ pub struct RawConfig {
     pub pa: RawPa,
     /// LoRA parameters.
     pub lora: RawLora,
+    /// AdapterH parameters.
+    pub adapter_h: RawAdapterH,
+    /// Full fine-tuning parameters.
+    pub full_ft: RawFullFt,
     /// Optimizer and schedule.
     pub optim: RawOptim,
     /// Batching.
@@ -147,6 +169,21 @@ pub struct RawDataset {
     pub loss_mask: String,
     /// Synthetic task: number of facts.
     pub facts: usize,
+    /// The system turn of the chat template: the `model`'s default, or `none` (no system turn).
+    pub system_prompt: SystemPrompt,
+    /// QA without the passage (closed-book), e.g. SQuAD questions alone.
+    pub closed_book: bool,
+}
+
+/// Which system turn a chat-formatted example starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemPrompt {
+    /// The model template's default system prompt (SmolLM2: "You are a helpful AI assistant ...").
+    #[default]
+    Model,
+    /// No system turn unless the example has one.
+    None,
 }
 
 impl Default for RawDataset {
@@ -159,6 +196,8 @@ impl Default for RawDataset {
             limit: 0,
             loss_mask: "whole".into(),
             facts: 64,
+            system_prompt: SystemPrompt::Model,
+            closed_book: false,
         }
     }
 }
@@ -242,6 +281,34 @@ impl Default for RawLora {
     }
 }
 
+/// `[adapter_h]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdapterH {
+    /// Bottleneck units per adapted layer.
+    pub size: usize,
+}
+
+impl Default for RawAdapterH {
+    fn default() -> Self {
+        Self { size: 64 }
+    }
+}
+
+/// `[full_ft]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFullFt {
+    /// Projections trained: any of `q k v o gate up down` (default all; norms stay frozen).
+    pub targets: Vec<String>,
+}
+
+impl Default for RawFullFt {
+    fn default() -> Self {
+        Self { targets: ["q", "k", "v", "o", "gate", "up", "down"].map(String::from).to_vec() }
+    }
+}
+
 /// `[optim]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -293,11 +360,13 @@ pub struct RawBatch {
     /// `auto`: run the frozen layers below the lowest adapted one once per sequence and reuse
     /// their output every epoch (exact; spec §13); `off`: recompute them every step.
     pub prefix_cache: String,
+    /// Sequences per forward during evaluation (0: `micro`).
+    pub eval_micro: usize,
 }
 
 impl Default for RawBatch {
     fn default() -> Self {
-        Self { micro: 8, accumulation: 1, max_length: 256, prefix_cache: "auto".into() }
+        Self { micro: 8, accumulation: 1, max_length: 256, prefix_cache: "auto".into(), eval_micro: 0 }
     }
 }
 

@@ -83,16 +83,34 @@ pub fn tokenise(examples: &[Example], tok: &Tokenizer, chat: &ChatTemplate, mask
 }
 
 /// Loads the examples of a meft-eval dataset (the cache file, or `path`), capped at `limit`.
+///
+/// `name` may join several benchmarks with `+` (`bfcl_simple_python+bfcl_multiple`): their
+/// examples follow each other in that order (ids must stay distinct). `closed_book` drops QA
+/// passages.
 pub fn load_examples(cfg: &RawDataset) -> Result<Vec<Example>> {
-    let dataset = Dataset::parse(&cfg.name)?;
-    let path = match (&cfg.path, &dataset) {
-        (Some(p), _) => p.clone(),
-        (None, Dataset::User(_)) => bail!("dataset.path is required for {} (a JSONL file)", cfg.name),
-        (None, _) => meft_assets::Cache::from_env().dataset_path(&cfg.name).with_context(|| format!("locating dataset {}", cfg.name))?,
-    };
-    let mut examples = dataset.load(&path)?;
+    let parts: Vec<&str> = cfg.name.split('+').map(str::trim).collect();
+    if parts.len() > 1 && cfg.path.is_some() {
+        bail!("dataset.path names one file but dataset.name `{}` joins {} datasets; drop the path or the `+`", cfg.name, parts.len());
+    }
+    let mut examples = Vec::new();
+    for name in parts {
+        let dataset = Dataset::parse(name)?;
+        let path = match (&cfg.path, &dataset) {
+            (Some(p), _) => p.clone(),
+            (None, Dataset::User(_)) => bail!("dataset.path is required for {name} (a JSONL file)"),
+            (None, _) => meft_assets::Cache::from_env().dataset_path(name).with_context(|| format!("locating dataset {name}"))?,
+        };
+        examples.extend(dataset.load(&path)?);
+    }
     if cfg.limit > 0 {
         examples.truncate(cfg.limit);
+    }
+    if cfg.closed_book {
+        for e in &mut examples {
+            if let Example::Qa(qa) = e {
+                qa.context = None;
+            }
+        }
     }
     Ok(examples)
 }

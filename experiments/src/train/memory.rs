@@ -19,6 +19,10 @@ pub enum SizeKnob {
     PaNeurons,
     /// LoRA rank, over `sites` projections of `fan_in + fan_out` scalars each.
     LoraRank,
+    /// AdapterH bottleneck units (`2·r·d + r + d` scalars per layer).
+    AdapterHUnits,
+    /// Full fine-tuning: `fan_in · fan_out` scalars per projection in `sites` (size ignored).
+    FullProjections,
 }
 
 /// Device bytes of one run, by category.
@@ -73,7 +77,8 @@ pub fn activation_estimate(c: &ModelConfig, s: &Shape) -> u64 {
     4 * (c.num_hidden_layers as u64 * per_layer + t * c.vocab_size as u64 * 2)
 }
 
-/// Device bytes (params + grads, optimizer moments) and trainable scalars of one size value.
+/// Device bytes (params + grads, optimizer moments) and trainable scalars of one size value;
+/// `lora_sites` holds the `(fan_in, fan_out)` of the LoRA or fully trained projections.
 pub fn adapter_bytes(knob: SizeKnob, size: u64, c: &ModelConfig, layers: u64, lora_sites: &[(usize, usize)], experts: u64) -> (u64, u64, u64) {
     let d = c.hidden_size as u64;
     match knob {
@@ -82,16 +87,19 @@ pub fn adapter_bytes(knob: SizeKnob, size: u64, c: &ModelConfig, layers: u64, lo
             let gates = experts * d * layers;
             (rows + 2 * 4 * gates, 2 * 4 * gates, gates)
         }
-        SizeKnob::PaNeurons => {
-            let params = 2 * size * d * layers;
-            (2 * 4 * params, 2 * 4 * params, params)
-        }
+        SizeKnob::PaNeurons => dense(2 * size * d * layers),
         SizeKnob::LoraRank => {
             let per = lora_sites.iter().map(|&(i, o)| (i + o) as u64).sum::<u64>();
-            let params = size * per * layers;
-            (2 * 4 * params, 2 * 4 * params, params)
+            dense(size * per * layers)
         }
+        SizeKnob::AdapterHUnits => dense((2 * size * d + size + d) * layers),
+        SizeKnob::FullProjections => dense(lora_sites.iter().map(|&(i, o)| (i * o) as u64).sum::<u64>() * layers),
     }
+}
+
+/// A device-resident f32 adapter of `params` scalars: parameters and gradients, AdamW moments.
+fn dense(params: u64) -> (u64, u64, u64) {
+    (2 * 4 * params, 2 * 4 * params, params)
 }
 
 impl MemoryPlan {

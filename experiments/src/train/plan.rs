@@ -56,8 +56,35 @@ pub enum MethodPlan {
     },
     /// LoRA.
     Lora(LoraConfig),
+    /// AdapterH with a bottleneck of `size` units.
+    AdapterH {
+        /// Bottleneck units per layer.
+        size: usize,
+    },
+    /// Full fine-tuning of the projections `sites`.
+    FullFt {
+        /// Trained projections.
+        sites: Vec<LinearSite>,
+    },
     /// No adapter.
     None,
+}
+
+impl MethodPlan {
+    /// A short description of the adapter's size for reports (`M = 64`, `r = 8`, ...).
+    pub fn size_label(&self) -> String {
+        match self {
+            Self::Meft { config, offload } => {
+                let c = offload.layers.first().map_or(0, |l| l.capacity);
+                format!("M = {} host, C = {c} device rows, K = {}, N = {}", config.neurons, config.top_k, config.experts)
+            }
+            Self::Pa { size, .. } => format!("M = {size}"),
+            Self::Lora(l) => format!("r = {} ({})", l.rank, l.sites.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>().join(", ")),
+            Self::AdapterH { size } => format!("r = {size}"),
+            Self::FullFt { sites } => format!("{} projections", sites.len()),
+            Self::None => "-".into(),
+        }
+    }
 }
 
 /// A validated experiment.
@@ -234,6 +261,23 @@ fn method_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWC
             let mem = MemoryPlan::new(c, s, Some((SizeKnob::LoraRank, r.rank as u64)), &dims, 0, 0);
             Ok((MethodPlan::Lora(cfg), mem))
         }
+        MethodKind::AdapterH => {
+            let size = raw.adapter_h.size;
+            if size == 0 {
+                return Err(invalid("adapter_h.size", "is 0", "use ≥ 1 bottleneck unit"));
+            }
+            let mem = MemoryPlan::new(c, s, Some((SizeKnob::AdapterHUnits, size as u64)), &[], 0, 0);
+            Ok((MethodPlan::AdapterH { size }, mem))
+        }
+        MethodKind::FullFt => {
+            let sites = raw.full_ft.targets.iter().map(|t| parse_site_of("full_ft.targets", t)).collect::<Result<Vec<_>, _>>()?;
+            if sites.is_empty() {
+                return Err(invalid("full_ft.targets", "is empty", "list the projections to train, e.g. ['q', 'k', 'v', 'o', 'gate', 'up', 'down']"));
+            }
+            let dims: Vec<_> = sites.iter().map(|&site| site_dims(c, site)).collect();
+            let mem = MemoryPlan::new(c, s, Some((SizeKnob::FullProjections, 1)), &dims, 0, 0);
+            Ok((MethodPlan::FullFt { sites }, mem))
+        }
         MethodKind::Meft => meft_plan(raw, c, layers, adamw, s, budget, l),
     }
 }
@@ -288,8 +332,13 @@ fn meft_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWCon
     Ok((MethodPlan::Meft { config, offload }, mem))
 }
 
-/// `q k v o gate up down` to a [`LinearSite`].
+/// `q k v o gate up down` to a [`LinearSite`] (a `lora.targets` entry).
 pub fn parse_site(t: &str) -> Result<LinearSite, ConfigError> {
+    parse_site_of("lora.targets", t)
+}
+
+/// `q k v o gate up down` to a [`LinearSite`]; errors name `field`.
+fn parse_site_of(field: &str, t: &str) -> Result<LinearSite, ConfigError> {
     Ok(match t {
         "q" => LinearSite::Query,
         "k" => LinearSite::Key,
@@ -298,7 +347,7 @@ pub fn parse_site(t: &str) -> Result<LinearSite, ConfigError> {
         "gate" => LinearSite::Gate,
         "up" => LinearSite::Up,
         "down" => LinearSite::Down,
-        o => return Err(invalid("lora.targets", format!("`{o}` is not a projection"), "use q, k, v, o, gate, up, down")),
+        o => return Err(invalid(field, format!("`{o}` is not a projection"), "use q, k, v, o, gate, up, down")),
     })
 }
 

@@ -356,9 +356,13 @@ fn load_data(plan: &TrainPlan, frozen: &build::Frozen) -> Result<Data> {
         (s, ids)
     } else {
         let (tok, chat) = frozen.text.as_ref().context("real datasets need a model with a tokenizer (not tiny-random)")?;
+        let chat = match cfg.system_prompt {
+            super::config::SystemPrompt::Model => chat.clone(),
+            super::config::SystemPrompt::None => chat.without_default_system(),
+        };
         let examples = data::load_examples(cfg)?;
         let ids = examples.iter().map(|e| e.id().to_string()).collect::<Vec<_>>();
-        (data::tokenise(&examples, tok, chat, plan.loss_mask, plan.raw.batch.max_length)?, ids)
+        (data::tokenise(&examples, tok, &chat, plan.loss_mask, plan.raw.batch.max_length)?, ids)
     };
     let (train, held_out) = data::split(seqs, &ids, cfg)?;
     if train.is_empty() {
