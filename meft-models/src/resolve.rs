@@ -105,6 +105,14 @@ pub struct ModelBundle {
     pub storage: Storage,
 }
 
+/// The model's configuration alone (GGUF metadata or `config.json`; no weights are read).
+pub fn config(source: &ModelSource) -> Result<ModelConfig, ModelError> {
+    match source {
+        ModelSource::Gguf(path) => GgufFile::open(path)?.config(),
+        ModelSource::HfDir(dir) => ModelConfig::from_hf_json(dir.join("config.json")),
+    }
+}
+
 /// Loads config, weights (as `dtype` on the CPU), tokenizer and chat template.
 pub fn load(source: &ModelSource, dtype: DType) -> Result<ModelBundle, ModelError> {
     match source {

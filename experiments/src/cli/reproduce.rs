@@ -21,7 +21,7 @@ pub struct ReproduceArgs {
 }
 
 /// What `meft reproduce` and `meft ablate` share.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Where the report, figures and results go.
     #[arg(long, default_value = "paper")]
@@ -29,9 +29,12 @@ pub struct RunArgs {
     /// Scratch space for training runs (checkpoints; an interrupted run resumes from them).
     #[arg(long, default_value = "target/meft-runs")]
     pub runs_dir: PathBuf,
-    /// Seed of every run.
+    /// Seed of every run (the first seed of the multi-seed cells).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Training runs at once, each on one thread (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Use the synthetic fallback and state this reason in the report (set by `cargo xtask`
     /// when the asset fetch failed).
     #[arg(long)]
@@ -51,6 +54,7 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
         paper_dir: args.run.paper_dir.clone(),
         runs_dir: args.run.runs_dir.join(profile.as_str().unwrap_or("runs")),
         seed: args.run.seed,
+        workers: args.run.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         offline_reason: args.run.offline_reason.clone(),
         command,
     };
@@ -62,35 +66,18 @@ pub fn run(args: &ReproduceArgs) -> anyhow::Result<()> {
 /// Arguments of `meft ablate`.
 #[derive(Debug, clap::Args)]
 pub struct AblateArgs {
-    /// The MEFT knob to vary.
+    /// The ablation: one section of the report (every trained ablation of the paper).
     #[arg(value_enum)]
-    pub knob: crate::repro::ablate::Knob,
-    /// Values, comma-separated (e.g. 1,4,16,64,256).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub values: Vec<usize>,
-    /// Size of the underlying experiment-1 setup.
+    pub ablation: ExperimentId,
+    /// Work size: default (a reduced grid, one seed) or full (the whole grid, three seeds).
     #[arg(long, value_enum, default_value_t = Profile::Default)]
     pub profile: Profile,
-    /// Peak learning rate of every run.
-    #[arg(long, default_value_t = 1e-2)]
-    pub lr: f64,
-    /// Output places, seed and data source.
+    /// Output places, seed, workers and data source.
     #[command(flatten)]
     pub run: RunArgs,
 }
 
-/// Runs `meft ablate`; prints the markdown table on stdout.
+/// Runs `meft ablate`: `meft reproduce --only <ablation>` (the report keeps the other sections).
 pub fn ablate(args: &AblateArgs) -> anyhow::Result<()> {
-    let ctx = crate::repro::Context {
-        profile: args.profile,
-        source: pipeline::data_source(args.run.offline_reason.clone()),
-        paper_dir: args.run.paper_dir.clone(),
-        runs_dir: args.run.runs_dir.join("ablate"),
-        seed: args.run.seed,
-    };
-    if let crate::repro::DataSource::Synthetic { reason } = &ctx.source {
-        eprintln!("!!! SYNTHETIC FALLBACK: {reason}");
-    }
-    println!("{}", crate::repro::ablate::ablate(&ctx, args.knob, &args.values, args.lr)?);
-    Ok(())
+    run(&ReproduceArgs { profile: args.profile, only: vec![args.ablation], run: args.run.clone() })
 }

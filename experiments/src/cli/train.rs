@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 use crate::train::{RawConfig, TrainPlan, Trainer, build};
 
 /// Arguments of `meft train`.
@@ -20,15 +18,7 @@ pub struct TrainArgs {
 /// Runs `meft train`; prints the summary as JSON on stdout.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let raw = RawConfig::load(&args.config, &args.overrides)?;
-    let model_cfg = match raw.model.name.as_str() {
-        build::TINY_RANDOM => build::tiny_config(),
-        name => {
-            let source = meft_models::resolve::resolve(name)?;
-            meft_models::resolve::load(&source, candle_core::DType::F32)
-                .with_context(|| format!("reading {}", source.path().display()))?
-                .config
-        }
-    };
+    let model_cfg = build::model_config(&raw.model.name)?;
     let plan = TrainPlan::new(raw, &model_cfg)?;
     let mut trainer = Trainer::new(plan)?;
     eprintln!("training {} steps, {} trainable parameters", trainer.total_steps(), trainer.adapter().param_count());

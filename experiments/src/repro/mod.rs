@@ -6,16 +6,20 @@
 //! paper's), the figures it drew and its machine-readable results. The report writer
 //! ([`report`]) puts the sections together with the machine facts and wall times.
 
-pub mod ablate;
-pub mod capacity;
 pub mod capture;
+pub mod evaluate;
 pub mod experts;
 pub mod output;
 pub mod pipeline;
 pub mod plot;
+pub mod probes;
+pub mod report;
+pub mod runs;
+pub mod setup;
+pub mod stats;
+pub mod table1;
 pub mod traffic;
 pub mod union;
-pub mod report;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -39,8 +43,8 @@ pub enum Profile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ExperimentId {
-    /// 1. Knowledge capacity under one device budget (Table 1 analogue).
-    Capacity,
+    /// 1. Table 1: every task and baseline under one device budget.
+    Table1,
     /// 2. Number of Key-Experts and recall@K against dense retrieval (Fig. 7 analogue).
     Experts,
     /// 3. Union size against batch size (Fig. 8 analogue).
@@ -51,12 +55,12 @@ pub enum ExperimentId {
 
 impl ExperimentId {
     /// Every experiment, in report order.
-    pub const ALL: [Self; 4] = [Self::Capacity, Self::Experts, Self::Union, Self::Traffic];
+    pub const ALL: [Self; 4] = [Self::Table1, Self::Experts, Self::Union, Self::Traffic];
 
     /// The stable name used for files and `--only`.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Capacity => "capacity",
+            Self::Table1 => "table1",
             Self::Experts => "experts",
             Self::Union => "union",
             Self::Traffic => "traffic",
@@ -90,6 +94,8 @@ pub struct Context {
     pub runs_dir: PathBuf,
     /// Seed of every run.
     pub seed: u64,
+    /// Training runs at once (each on one thread).
+    pub workers: usize,
 }
 
 impl Context {
@@ -102,6 +108,7 @@ impl Context {
             paper_dir: dir.join("paper"),
             runs_dir: dir.join("runs"),
             seed: 0,
+            workers: 2,
         }
     }
 

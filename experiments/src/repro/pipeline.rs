@@ -21,6 +21,8 @@ pub struct Options {
     pub runs_dir: PathBuf,
     /// Seed of every run.
     pub seed: u64,
+    /// Training runs at once.
+    pub workers: usize,
     /// Set when the caller already knows the assets are unavailable.
     pub offline_reason: Option<String>,
     /// The command line, for the report header.
@@ -53,6 +55,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         paper_dir: opts.paper_dir.clone(),
         runs_dir: opts.runs_dir.clone(),
         seed: opts.seed,
+        workers: opts.workers,
     };
     if let DataSource::Synthetic { reason } = &ctx.source {
         eprintln!("\n!!! SYNTHETIC FALLBACK: {reason}\n!!! the report will say so at the top; its numbers check the pipeline only\n");
@@ -60,10 +63,16 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     for dir in [ctx.figures_dir(), ctx.results_dir(), ctx.runs_dir.clone()] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let probe_pool = match ctx.profile {
+        Profile::Smoke => 16,
+        Profile::Default => 300,
+        Profile::Full => 1000,
+    };
+    let runner = super::runs::Runner::new(&ctx.runs_dir, ctx.workers, probe_pool);
     let selected: Vec<ExperimentId> = ExperimentId::ALL.into_iter().filter(|id| opts.only.is_empty() || opts.only.contains(id)).collect();
     for (i, id) in selected.iter().enumerate() {
         eprintln!("=== experiment {}/{}: {} ({:?} profile)", i + 1, selected.len(), id.name(), ctx.profile);
-        let section = timed(|| run_one(*id, &ctx)).with_context(|| format!("experiment `{}`", id.name()))?;
+        let section = timed(|| run_one(*id, &ctx, &runner)).with_context(|| format!("experiment `{}`", id.name()))?;
         let saved = report::save(&ctx, &section)?;
         eprintln!("=== {} done in {:.1} min -> {}", id.name(), section.wall_seconds / 60.0, saved.display());
     }
@@ -72,9 +81,9 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn run_one(id: ExperimentId, ctx: &Context) -> Result<Section> {
+fn run_one(id: ExperimentId, ctx: &Context, runner: &super::runs::Runner) -> Result<Section> {
     match id {
-        ExperimentId::Capacity => super::capacity::run(ctx),
+        ExperimentId::Table1 => super::table1::run(ctx, runner),
         ExperimentId::Experts => super::experts::run(ctx),
         ExperimentId::Union => super::union::run(ctx),
         ExperimentId::Traffic => super::traffic::run(ctx),

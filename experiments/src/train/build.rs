@@ -108,6 +108,16 @@ pub fn model(name: &str, seed: u64) -> Result<Frozen> {
     Ok(Frozen { model, text: Some((bundle.tokenizer, chat)) })
 }
 
+/// The configuration of the model named `name` (`tiny-random`, a pinned name, a file or a
+/// directory), without loading its weights.
+pub fn model_config(name: &str) -> Result<ModelConfig> {
+    if name == TINY_RANDOM {
+        return Ok(tiny_config());
+    }
+    let source = meft_models::resolve::resolve(name)?;
+    meft_models::resolve::config(&source).with_context(|| format!("reading the configuration of {}", source.path().display()))
+}
+
 /// The simulated device with the frozen weights accounted.
 pub fn device(plan: &TrainPlan, cfg: &ModelConfig) -> Result<Arc<OffloadDevice>> {
     let kind = match plan.budget {

@@ -24,7 +24,7 @@ use super::plan::{Length, TrainPlan};
 use super::schedule::lr_at;
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// Optimizer step (1-based).
     pub step: u64,
@@ -51,7 +51,7 @@ pub struct Metrics {
 }
 
 /// Greedy exact match and loss of one evaluation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Evaluation {
     /// Mean loss over the held-out examples scored.
     pub held_out_loss: Option<f64>,
@@ -63,6 +63,52 @@ pub struct Evaluation {
     pub train_examples: usize,
     /// Held-out examples scored.
     pub held_out_examples: usize,
+    /// Per scored training example (in split order): greedy reproduces its completion.
+    #[serde(skip)]
+    pub train_exact: Vec<bool>,
+    /// The same for the held-out examples.
+    #[serde(skip)]
+    pub held_out_exact: Vec<bool>,
+}
+
+/// Sequences outside the run's splits, with their frozen-prefix cache: probes of what a trained
+/// adapter does to other inputs (e.g. questions the base model already answered, plain text).
+#[derive(Clone)]
+pub struct Probe {
+    /// The sequences (loss weights select the scored tokens, the completion the exact-match span).
+    pub seqs: Vec<Sequence>,
+    prefix: FrozenPrefix,
+}
+
+impl Probe {
+    /// Caches the frozen prefix of `seqs` for runs built on `inputs`.
+    pub fn new(inputs: &Inputs, seqs: Vec<Sequence>) -> Result<Self> {
+        let prefix = FrozenPrefix::build(&inputs.model, &seqs, inputs.prefix[0].start(), 16)?;
+        Ok(Self { seqs, prefix })
+    }
+
+    /// Per sequence: the base model (no adapter) reproduces its completion greedily.
+    pub fn base_exact(&self, inputs: &Inputs) -> Result<Vec<bool>> {
+        let mut exact = Vec::with_capacity(self.seqs.len());
+        let idx: Vec<usize> = (0..self.seqs.len()).collect();
+        for chunk in idx.chunks(16) {
+            let refs: Vec<&Sequence> = chunk.iter().map(|&i| &self.seqs[i]).collect();
+            let (x, _) = data::collate(&refs, &Device::Cpu)?;
+            let h0 = self.prefix.input(&inputs.model, chunk, &x)?;
+            let h = run_layers(&inputs.model, &h0, self.prefix.start()..inputs.model.layers.len(), &meft_core::NoAdapters)?;
+            exact.extend(head_outputs(&inputs.model, &h, &Positions::of(&refs, x.dim(1)?, Completions::Include))?.exact);
+        }
+        Ok(exact)
+    }
+}
+
+/// What a run's adapter does on a [`Probe`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeScore {
+    /// Per sequence: greedy reproduces its completion.
+    pub exact: Vec<bool>,
+    /// Mean loss over the weighted tokens.
+    pub mean_loss: f64,
 }
 
 /// A ready-to-run training job.
@@ -76,6 +122,7 @@ pub struct Trainer {
     total_steps: u64,
     step: u64,
     pos: DataPosition,
+    last_eval: Option<Evaluation>,
 }
 
 /// Summary of a finished run.
@@ -113,7 +160,7 @@ impl Trainer {
             Length::Steps(s) => s,
             Length::Epochs(e) => e * per_epoch.max(1),
         };
-        let mut t = Self { plan, model, adapter, device, data, prefix, total_steps, step: 0, pos: DataPosition::default() };
+        let mut t = Self { plan, model, adapter, device, data, prefix, total_steps, step: 0, pos: DataPosition::default(), last_eval: None };
         t.resume()?;
         Ok(t)
     }
@@ -234,10 +281,16 @@ impl Trainer {
         run_layers(&self.model, &h0, prefix.start()..self.model.layers.len(), self.adapter.hook())
     }
 
-    fn evaluate(&self, m: &mut Metrics) -> Result<()> {
+    fn evaluate(&mut self, m: &mut Metrics) -> Result<()> {
         let e = self.evaluate_now(self.plan.raw.eval_examples)?;
         (m.eval_loss, m.held_out_em, m.train_em) = (e.held_out_loss, e.held_out_em, e.train_em);
+        self.last_eval = Some(e);
         Ok(())
+    }
+
+    /// The last evaluation [`Self::run`] made (at its final step), if any.
+    pub fn last_evaluation(&self) -> Option<&Evaluation> {
+        self.last_eval.as_ref()
     }
 
     /// Held-out loss and teacher-forced greedy exact match (equal to greedy decoding's exact
@@ -246,39 +299,64 @@ impl Trainer {
     pub fn evaluate_now(&self, limit: usize) -> Result<Evaluation> {
         self.adapter.set_phase(Phase::Eval);
         let cap = |n: usize| if limit == 0 { n } else { n.min(limit) };
-        let (held_out_loss, held_out_em) = self.eval_set(SplitIndex::HeldOut, cap(self.data.held_out.len()))?;
-        let (_, train_em) = self.eval_set(SplitIndex::Train, cap(self.data.train.len()))?;
+        let held = self.score_split(SplitIndex::HeldOut, cap(self.data.held_out.len()))?;
+        let train = self.score_split(SplitIndex::Train, cap(self.data.train.len()))?;
         self.adapter.set_phase(Phase::Train);
+        let em = |s: &Option<ProbeScore>| s.as_ref().map(|s| s.exact.iter().filter(|&&e| e).count() as f64 / s.exact.len() as f64);
         Ok(Evaluation {
-            held_out_loss,
-            train_em,
-            held_out_em,
+            held_out_loss: held.as_ref().map(|s| s.mean_loss),
+            train_em: em(&train),
+            held_out_em: em(&held),
             train_examples: cap(self.data.train.len()),
             held_out_examples: cap(self.data.held_out.len()),
+            train_exact: train.map(|s| s.exact).unwrap_or_default(),
+            held_out_exact: held.map(|s| s.exact).unwrap_or_default(),
         })
     }
 
-    fn eval_set(&self, split: SplitIndex, count: usize) -> Result<(Option<f64>, Option<f64>)> {
-        if count == 0 {
-            return Ok((None, None));
-        }
+    /// The first `count` examples of `split`, scored (`None` when `count` is 0).
+    fn score_split(&self, split: SplitIndex, count: usize) -> Result<Option<ProbeScore>> {
         let all = match split {
             SplitIndex::Train => &self.data.train,
             SplitIndex::HeldOut => &self.data.held_out,
         };
-        let (mut loss, mut hits, mut batches) = (0.0, 0usize, 0usize);
-        let idx: Vec<usize> = (0..count).collect();
-        for chunk in idx.chunks(self.plan.raw.batch.micro) {
-            let seqs: Vec<&Sequence> = chunk.iter().map(|&i| &all[i]).collect();
-            let (x, _) = data::collate(&seqs, &Device::Cpu)?;
-            let h = self.top_layers(split, chunk, &x)?;
+        if count == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.score_sequences(&all[..count], &self.prefix[split as usize])?))
+    }
+
+    /// The adapter's greedy exact match and loss on a probe (evaluation mode).
+    pub fn score_probe(&self, probe: &Probe) -> Result<ProbeScore> {
+        if probe.prefix.start() != self.prefix[0].start() {
+            bail!("the probe's frozen prefix ends at layer {}, this run's at {}", probe.prefix.start(), self.prefix[0].start());
+        }
+        self.adapter.set_phase(Phase::Eval);
+        let score = self.score_sequences(&probe.seqs, &probe.prefix);
+        self.adapter.set_phase(Phase::Train);
+        score
+    }
+
+    /// Greedy exact match per sequence and mean loss over `seqs`, whose prefix cache is `prefix`.
+    fn score_sequences(&self, seqs: &[Sequence], prefix: &FrozenPrefix) -> Result<ProbeScore> {
+        let (mut loss, mut batches, mut exact) = (0.0, 0usize, Vec::with_capacity(seqs.len()));
+        let idx: Vec<usize> = (0..seqs.len()).collect();
+        let batch = match self.plan.raw.batch.eval_micro {
+            0 => self.plan.raw.batch.micro,
+            n => n,
+        };
+        for chunk in idx.chunks(batch) {
+            let refs: Vec<&Sequence> = chunk.iter().map(|&i| &seqs[i]).collect();
+            let (x, _) = data::collate(&refs, &Device::Cpu)?;
+            let h0 = prefix.input(&self.model, chunk, &x)?;
+            let h = run_layers(&self.model, &h0, prefix.start()..self.model.layers.len(), self.adapter.hook())?;
             self.adapter.discard_forward();
-            let out = head_outputs(&self.model, &h, &Positions::of(&seqs, x.dim(1)?, Completions::Include))?;
+            let out = head_outputs(&self.model, &h, &Positions::of(&refs, x.dim(1)?, Completions::Include))?;
             loss += out.loss.to_scalar::<f32>()? as f64;
             batches += 1;
-            hits += out.exact.iter().filter(|&&e| e).count();
+            exact.extend(out.exact);
         }
-        Ok((Some(loss / batches as f64), Some(hits as f64 / count as f64)))
+        Ok(ProbeScore { exact, mean_loss: loss / batches.max(1) as f64 })
     }
 
     fn save_checkpoint(&self) -> Result<()> {
@@ -314,6 +392,7 @@ impl Trainer {
 #[derive(Clone)]
 pub struct Inputs {
     model: Llama,
+    text: Option<(meft_models::Tokenizer, meft_models::chat::ChatTemplate)>,
     data: Data,
     prefix: [FrozenPrefix; 2],
     key: String,
@@ -326,16 +405,33 @@ impl Inputs {
         let data = load_data(plan, &frozen)?;
         let mut model = frozen.model;
         model.set_frozen_precision(plan.raw.model.precision)?;
-        let micro = plan.raw.batch.micro;
+        let chunk = 16;
         let prefix = [
-            FrozenPrefix::build(&model, &data.train, plan.prefix_start, micro)?,
-            FrozenPrefix::build(&model, &data.held_out, plan.prefix_start, micro)?,
+            FrozenPrefix::build(&model, &data.train, plan.prefix_start, chunk)?,
+            FrozenPrefix::build(&model, &data.held_out, plan.prefix_start, chunk)?,
         ];
-        Ok(Self { model, data, prefix, key: Self::key_of(plan) })
+        let text = frozen.text.map(|(tok, chat)| (tok, chat_for(plan, &chat)));
+        Ok(Self { model, text, data, prefix, key: Self::key_of(plan) })
+    }
+
+    /// The frozen model.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The tokenizer and the chat template the data was rendered with (none for `tiny-random`).
+    pub fn text(&self) -> Option<&(meft_models::Tokenizer, meft_models::chat::ChatTemplate)> {
+        self.text.as_ref()
+    }
+
+    /// The model and frozen prefix the caches were built for (runs whose probes can share one
+    /// prefix cache have the same key).
+    pub fn prefix_key(&self) -> String {
+        format!("{}|{}", self.key.split('|').next().unwrap_or(""), self.prefix[0].start())
     }
 
     /// Everything [`Self::load`] depends on.
-    fn key_of(plan: &TrainPlan) -> String {
+    pub fn key_of(plan: &TrainPlan) -> String {
         let r = &plan.raw;
         let data = serde_json::to_string(&r.dataset).unwrap_or_default();
         let model = serde_json::to_string(&r.model).unwrap_or_default();
@@ -356,10 +452,7 @@ fn load_data(plan: &TrainPlan, frozen: &build::Frozen) -> Result<Data> {
         (s, ids)
     } else {
         let (tok, chat) = frozen.text.as_ref().context("real datasets need a model with a tokenizer (not tiny-random)")?;
-        let chat = match cfg.system_prompt {
-            super::config::SystemPrompt::Model => chat.clone(),
-            super::config::SystemPrompt::None => chat.without_default_system(),
-        };
+        let chat = chat_for(plan, chat);
         let examples = data::load_examples(cfg)?;
         let ids = examples.iter().map(|e| e.id().to_string()).collect::<Vec<_>>();
         (data::tokenise(&examples, tok, &chat, plan.loss_mask, plan.raw.batch.max_length)?, ids)
@@ -369,6 +462,15 @@ fn load_data(plan: &TrainPlan, frozen: &build::Frozen) -> Result<Data> {
         bail!("dataset `{}` has no training example after the split (held_out = {})", cfg.name, cfg.held_out);
     }
     Ok(Data { train, held_out })
+}
+
+/// The chat template of `plan`'s data: the model's, without its default system prompt when
+/// `dataset.system_prompt = none`.
+fn chat_for(plan: &TrainPlan, chat: &meft_models::chat::ChatTemplate) -> meft_models::chat::ChatTemplate {
+    match plan.raw.dataset.system_prompt {
+        super::config::SystemPrompt::Model => chat.clone(),
+        super::config::SystemPrompt::None => chat.without_default_system(),
+    }
 }
 
 /// The dropout seed of micro-batch `micro` of optimizer step `step` (a function of the position

@@ -71,6 +71,40 @@ pub fn extract_final_number(text: &str) -> Option<&str> {
     numbers(text).last().map(|&(_, n)| n)
 }
 
+/// How a GSM8K answer is read from generated text, for the report's side-by-side columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gsm8kExtraction {
+    /// The paper's rule alone: the first number after the last `The answer is`.
+    Paper,
+    /// lm-eval's `strict-match`: the number after `#### ` (the GSM8K solution format).
+    Strict,
+    /// lm-eval's `flexible-extract`: the last number anywhere in the text.
+    Flexible,
+}
+
+/// The answer `rule` reads from `text`, or `None`.
+pub fn extract_gsm8k(text: &str, rule: Gsm8kExtraction) -> Option<&str> {
+    let after = |marker: &str| after_last(text, marker).and_then(|pos| numbers(&text[pos..]).first().map(|&(_, n)| n));
+    match rule {
+        Gsm8kExtraction::Paper => after("the answer is"),
+        Gsm8kExtraction::Strict => {
+            let pos = text.rfind("#### ")? + 5;
+            numbers(&text[pos..]).first().filter(|&&(at, _)| at == 0).map(|&(_, n)| n)
+        }
+        Gsm8kExtraction::Flexible => numbers(text).last().map(|&(_, n)| n),
+    }
+}
+
+/// Whether the answer `rule` reads from `prediction` equals the gold answer (`#### n`).
+pub fn gsm8k_correct(prediction: &str, gold: &str, rule: Gsm8kExtraction) -> bool {
+    let gold_value = extract_final_number(gold).and_then(parse_number);
+    match (extract_gsm8k(prediction, rule).and_then(parse_number), gold_value) {
+        (Some(p), Some(g)) => numbers_equal(p, g),
+        _ => false,
+    }
+}
+
 /// GSM8K scoring: (correct, the extracted answer).
 pub fn final_number_correct(prediction: &str, gold: &str) -> (bool, Option<String>) {
     let extracted = extract_final_number(prediction);
@@ -255,6 +289,18 @@ fn brace_short_arguments(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gsm8k_extraction_rules_read_different_numbers() {
+        let text = "3 apples, then 5 more. The answer is 8 apples.\n#### 8\nCheck: 9";
+        assert_eq!(extract_gsm8k(text, Gsm8kExtraction::Paper), Some("8"));
+        assert_eq!(extract_gsm8k(text, Gsm8kExtraction::Strict), Some("8"));
+        assert_eq!(extract_gsm8k(text, Gsm8kExtraction::Flexible), Some("9"));
+        assert_eq!(extract_gsm8k("no marker, 1,200 total", Gsm8kExtraction::Paper), None);
+        assert_eq!(extract_gsm8k("#### x 4", Gsm8kExtraction::Strict), None);
+        assert!(gsm8k_correct("The answer is 1,200.", "#### 1200", Gsm8kExtraction::Paper));
+        assert!(!gsm8k_correct("The answer is 1,200. #### 7", "#### 1200", Gsm8kExtraction::Strict));
+    }
 
     #[test]
     fn gsm8k_extraction_prefers_the_answer_phrase_then_hashes_then_last_number() {
