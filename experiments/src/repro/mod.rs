@@ -6,9 +6,9 @@
 //! paper's), the figures it drew and its machine-readable results. The report writer
 //! ([`report`]) puts the sections together with the machine facts and wall times.
 
+pub mod ablations;
 pub mod capture;
 pub mod evaluate;
-pub mod experts;
 pub mod output;
 pub mod pipeline;
 pub mod plot;
@@ -18,8 +18,9 @@ pub mod runs;
 pub mod setup;
 pub mod stats;
 pub mod table1;
+pub mod trained;
 pub mod traffic;
-pub mod union;
+pub mod traffic_trained;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,24 +46,30 @@ pub enum Profile {
 pub enum ExperimentId {
     /// 1. Table 1: every task and baseline under one device budget.
     Table1,
-    /// 2. Number of Key-Experts and recall@K against dense retrieval (Fig. 7 analogue).
+    /// 2. Fig. 1 / Table 2: EM against adapter size.
+    Size,
+    /// 3. Fig. 4: MEFT without Key-Experts.
+    KeyExperts,
+    /// 4. Fig. 6: neurons kept per token.
+    TopK,
+    /// 5. Fig. 7: the number of experts, trained.
     Experts,
-    /// 3. Union size against batch size (Fig. 8 analogue).
-    Union,
-    /// 4. Transfer bytes per step against full offload, and the modelled step time.
+    /// 6. Fig. 8: union and traffic after training, and the modelled step time.
     Traffic,
 }
 
 impl ExperimentId {
     /// Every experiment, in report order.
-    pub const ALL: [Self; 4] = [Self::Table1, Self::Experts, Self::Union, Self::Traffic];
+    pub const ALL: [Self; 6] = [Self::Table1, Self::Size, Self::KeyExperts, Self::TopK, Self::Experts, Self::Traffic];
 
     /// The stable name used for files and `--only`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Table1 => "table1",
+            Self::Size => "size",
+            Self::KeyExperts => "key_experts",
+            Self::TopK => "top_k",
             Self::Experts => "experts",
-            Self::Union => "union",
             Self::Traffic => "traffic",
         }
     }

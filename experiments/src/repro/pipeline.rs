@@ -84,8 +84,10 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
 fn run_one(id: ExperimentId, ctx: &Context, runner: &super::runs::Runner) -> Result<Section> {
     match id {
         ExperimentId::Table1 => super::table1::run(ctx, runner),
-        ExperimentId::Experts => super::experts::run(ctx),
-        ExperimentId::Union => super::union::run(ctx),
-        ExperimentId::Traffic => super::traffic::run(ctx),
+        ExperimentId::Size => super::ablations::size::run(ctx, runner),
+        ExperimentId::KeyExperts => super::ablations::router::run_key_experts(ctx, runner),
+        ExperimentId::TopK => super::ablations::top_k::run(ctx, runner),
+        ExperimentId::Experts => super::ablations::router::run_experts(ctx, runner),
+        ExperimentId::Traffic => super::traffic::run(ctx, runner),
     }
 }

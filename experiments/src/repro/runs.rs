@@ -270,6 +270,16 @@ impl Runner {
         Ok(outcome)
     }
 
+    /// The finished run `spec` opened again (the trainer resumes its last checkpoint), with its
+    /// inputs: for studies of the trained adapter.
+    pub fn reopen(&self, spec: &RunSpec) -> Result<(Trainer, Inputs)> {
+        let spec = self.configured(spec);
+        let cfg = crate::train::build::model_config(&spec.raw.model.name)?;
+        let plan = TrainPlan::new(spec.raw.clone(), &cfg)?;
+        let inputs = self.inputs_for(&plan)?;
+        Ok((Trainer::from_inputs(plan, inputs.clone())?, inputs))
+    }
+
     /// The shared inputs of `plan` (built by the first run that needs them).
     fn inputs_for(&self, plan: &TrainPlan) -> Result<Inputs> {
         let key = Inputs::key_of(plan);

@@ -228,3 +228,12 @@ pub fn split_examples(raw: &RawConfig) -> Result<(Vec<meft_eval::Example>, Vec<m
     let ids: Vec<String> = examples.iter().map(|e| e.id().to_string()).collect();
     crate::train::data::split(examples, &ids, &raw.dataset)
 }
+
+/// Training examples of `raw` (after the split), without tokenising.
+pub fn train_count(raw: &RawConfig) -> Result<usize> {
+    if raw.dataset.name == "synthetic" {
+        let ids: Vec<String> = (0..raw.dataset.facts).map(|i| format!("fact-{i}")).collect();
+        return Ok(crate::train::data::split(ids.clone(), &ids, &raw.dataset)?.0.len());
+    }
+    Ok(split_examples(raw)?.0.len())
+}

@@ -26,7 +26,7 @@ use meft_router::{ExpertLayout, Scoring};
 use serde::Serialize;
 
 use super::capture;
-use super::output::{f64_column, figure_paths, md_table, mib, scale_line, u64_column, write_h5};
+use super::output::{f64_column, figure_paths, md_table, mib, u64_column, write_h5};
 use super::plot::bar_chart;
 use super::{Context, ExperimentId, Profile, Section};
 use crate::train::build::Frozen;
@@ -420,8 +420,21 @@ fn ledger_table(ledger: &Ledger) -> Table {
     }
 }
 
-/// Runs experiment 4 at `ctx`'s profile and source.
-pub fn run(ctx: &Context) -> Result<Section> {
+/// Runs the traffic study at `ctx`'s profile and source: the trained-key union and bytes
+/// ([`super::traffic_trained`]), then the timed steps.
+pub fn run(ctx: &Context, runner: &super::runs::Runner) -> Result<Section> {
+    let trained = super::traffic_trained::measure(ctx, runner).context("union and bytes after training")?;
+    let mut section = run_timed(ctx)?;
+    section.markdown = format!("{}{}", super::traffic_trained::markdown(&trained), section.markdown);
+    section.figures.extend(super::traffic_trained::figure(ctx, &trained)?);
+    if let serde_json::Value::Object(m) = &mut section.results {
+        m.insert("trained".into(), serde_json::to_value(&trained)?);
+    }
+    Ok(section)
+}
+
+/// The timed steps with fresh keys: bytes against full offload and the modelled step time.
+fn run_timed(ctx: &Context) -> Result<Section> {
     let s = sizes(ctx.profile);
     let (frozen, seqs, what) = capture::model_and_sequences(ctx, s.sequences)?;
     let n = frozen.model.config.num_hidden_layers;
@@ -468,7 +481,7 @@ pub fn run(ctx: &Context) -> Result<Section> {
     )?;
     Ok(Section {
         id: ExperimentId::Traffic,
-        title: "Transfer bytes per step vs full offload, and the modelled step time".into(),
+        title: "6. Union and traffic after training (Fig. 8), and the modelled step time".into(),
         markdown: markdown(ctx, &s, &t, &what),
         figures: figure_paths(&names),
         results: serde_json::json!({
@@ -483,7 +496,7 @@ pub fn run(ctx: &Context) -> Result<Section> {
 
 fn markdown(ctx: &Context, s: &Sizes, t: &Traffic, what: &str) -> String {
     format!(
-        "{scale}\n\n**Measured:** {steps} optimizer steps of MEFT (M = {m} per layer, K = {k}, P = 8, \
+        "**Step time** ({scale_short}). **Measured:** {steps} optimizer steps of MEFT (M = {m} per layer, K = {k}, P = 8, \
          gated, capacity = M so nothing is dropped, one micro-batch of {micro} sequences per step) \
          on layers {layers:?}, on {what}; bytes come from the offload ledger (f32 rows of 2d; the \
          routing inputs add {route} MiB/step and are not counted on either side). Step times are \
@@ -500,7 +513,7 @@ fn markdown(ctx: &Context, s: &Sizes, t: &Traffic, what: &str) -> String {
          per token); on this CPU that costs more than MEFT's K-of-M compute, so the ratio can exceed \
          100 %. The paper's ≥ 63 % is measured on a GPU, where compute is fast and the link \
          dominates; a 2-core CPU cannot reproduce that balance, only the modelled link share.\n",
-        scale = scale_line(ctx),
+        scale_short = if matches!(ctx.source, super::DataSource::Real) { "SmolLM2-135M on CPU" } else { "synthetic fallback" },
         steps = s.steps,
         m = s.neurons,
         k = s.top_k,

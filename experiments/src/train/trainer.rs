@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use meft_core::AdapterHook;
 use meft_core::adapters::Phase;
 use meft_models::Llama;
 use meft_offload::OffloadDevice;
@@ -168,6 +169,16 @@ impl Trainer {
     /// The model (frozen).
     pub fn model(&self) -> &Llama {
         &self.model
+    }
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &TrainPlan {
+        &self.plan
+    }
+
+    /// Optimizer steps done (after a resume: the checkpoint's step).
+    pub fn step(&self) -> u64 {
+        self.step
     }
 
     /// The (simulated) device the run accounts its bytes on.
@@ -337,6 +348,32 @@ impl Trainer {
         score
     }
 
+    /// The FFN inputs of `layers` (each `tokens × d`, padding dropped) for the first `count`
+    /// training sequences, computed through this run's adapter (evaluation mode); also the
+    /// sequence lengths, in order.
+    pub fn ffn_inputs(&self, layers: &[usize], count: usize) -> Result<(Vec<Vec<f32>>, Vec<usize>)> {
+        let seqs = &self.data.train[..count.min(self.data.train.len())];
+        let recorder = Recording { inner: self.adapter.hook(), layers: layers.to_vec(), lens: std::sync::Mutex::default(), seen: std::sync::Mutex::new(vec![Vec::new(); layers.len()]) };
+        let batch = match self.plan.raw.batch.eval_micro {
+            0 => self.plan.raw.batch.micro,
+            n => n,
+        };
+        self.adapter.set_phase(Phase::Eval);
+        let idx: Vec<usize> = (0..seqs.len()).collect();
+        for chunk in idx.chunks(batch) {
+            let refs: Vec<&Sequence> = chunk.iter().map(|&i| &seqs[i]).collect();
+            let (x, _) = data::collate(&refs, &Device::Cpu)?;
+            let prefix = &self.prefix[SplitIndex::Train as usize];
+            let h0 = prefix.input(&self.model, chunk, &x)?;
+            *recorder.lens.lock().unwrap_or_else(|e| e.into_inner()) = refs.iter().map(|s| s.tokens.len()).collect();
+            run_layers(&self.model, &h0, prefix.start()..self.model.layers.len(), &recorder)?;
+            self.adapter.discard_forward();
+        }
+        self.adapter.set_phase(Phase::Train);
+        let lens = seqs.iter().map(|s| s.tokens.len()).collect();
+        Ok((recorder.seen.into_inner().unwrap_or_else(|e| e.into_inner()), lens))
+    }
+
     /// Greedy exact match per sequence and mean loss over `seqs`, whose prefix cache is `prefix`.
     fn score_sequences(&self, seqs: &[Sequence], prefix: &FrozenPrefix) -> Result<ProbeScore> {
         let (mut loss, mut batches, mut exact) = (0.0, 0usize, Vec::with_capacity(seqs.len()));
@@ -477,6 +514,53 @@ fn chat_for(plan: &TrainPlan, chat: &meft_models::chat::ChatTemplate) -> meft_mo
 /// alone, so a resumed run draws the masks an uninterrupted one would).
 fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (step << 20) ^ micro as u64
+}
+
+/// A hook that copies the FFN input of some layers (real tokens only) and delegates to `inner`.
+struct Recording<'a> {
+    inner: &'a dyn AdapterHook,
+    layers: Vec<usize>,
+    /// Real tokens of each sequence of the current batch.
+    lens: std::sync::Mutex<Vec<usize>>,
+    seen: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl AdapterHook for Recording<'_> {
+    fn ffn(&self, layer: usize, x: &candle_core::Tensor) -> candle_core::Result<Option<candle_core::Tensor>> {
+        self.record(layer, x)?;
+        self.inner.ffn(layer, x)
+    }
+
+    fn linear(&self, layer: usize, site: meft_core::LinearSite, x: &candle_core::Tensor) -> candle_core::Result<Option<candle_core::Tensor>> {
+        self.inner.linear(layer, site, x)
+    }
+
+    fn adapts_projections(&self, layer: usize) -> bool {
+        self.inner.adapts_projections(layer)
+    }
+
+    fn ffn_output(&self, layer: usize, y: &candle_core::Tensor) -> candle_core::Result<Option<candle_core::Tensor>> {
+        self.inner.ffn_output(layer, y)
+    }
+
+    fn adapts_ffn_output(&self, layer: usize) -> bool {
+        self.inner.adapts_ffn_output(layer)
+    }
+}
+
+impl Recording<'_> {
+    fn record(&self, layer: usize, x: &candle_core::Tensor) -> candle_core::Result<()> {
+        let Some(slot) = self.layers.iter().position(|&l| l == layer) else { return Ok(()) };
+        let (b, s, d) = x.dims3()?;
+        let rows = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let lens = self.lens.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..b {
+            let len = lens.get(i).copied().unwrap_or(s).min(s);
+            seen[slot].extend_from_slice(&rows[i * s * d..(i * s + len) * d]);
+        }
+        Ok(())
+    }
 }
 
 /// Which split a prefix cache or an evaluation refers to (indexes `Trainer::prefix`).

@@ -128,6 +128,18 @@ pub fn shared_lr(ctx: &Context, runner: &Runner) -> Result<f64> {
     Ok(sweep(ctx, runner, &Plan::of(ctx.profile, &ctx.source))?.0)
 }
 
+/// Table 1's MEFT run on TriviaQA (the synthetic facts on the fallback), seed 0: the trained
+/// router the traffic study opens. Trained here if it was not yet.
+pub fn reference_meft(ctx: &Context, runner: &Runner) -> Result<RunSpec> {
+    let plan = Plan::of(ctx.profile, &ctx.source);
+    let lr = shared_lr(ctx, runner)?;
+    let task = plan.tasks.iter().find(|t| t.name == "trivia_qa" || t.name == "synthetic").or(plan.tasks.first()).context("no task")?;
+    let (specs, _) = task_specs(ctx, &plan, task, lr)?;
+    let spec = specs.into_iter().find(|s| s.label == MethodId::Meft.label()).context("no MEFT run in Table 1")?;
+    runner.run_all(std::slice::from_ref(&spec))?;
+    Ok(spec)
+}
+
 /// The sweep: every swept method at every rate on a small TriviaQA subset (synthetic facts on
 /// the fallback); the shared rate maximises the mean trained-fact EM over the swept methods.
 fn sweep(ctx: &Context, runner: &Runner, plan: &Plan) -> Result<(f64, Vec<RunOutcome>)> {
@@ -167,7 +179,7 @@ fn task_specs(ctx: &Context, plan: &Plan, task: &Task, lr: f64) -> Result<(Vec<R
         for &seed in seeds {
             let mut raw = setup::method_config(&base, method, &budget, &scale);
             raw.seed = seed;
-            let train = tasks::train_count(&raw)?;
+            let train = setup::train_count(&raw)?;
             let per_epoch = setup::steps_per_epoch(train, &raw);
             setup::eval_every(&mut raw, per_epoch, scale.eval_every_epochs);
             let mut gen_sets = if seed == plan.seeds[0] { generation.greedy.clone() } else { Vec::new() };

@@ -177,12 +177,3 @@ pub fn generation_sets(task: &Task, base: &RawConfig, plan: &Plan) -> Result<Gen
     };
     Ok(Generation { greedy: greedy_sets, beam })
 }
-
-/// Training examples of `raw` (after the split), without tokenising.
-pub fn train_count(raw: &RawConfig) -> Result<usize> {
-    if raw.dataset.name == "synthetic" {
-        let ids: Vec<String> = (0..raw.dataset.facts).map(|i| format!("fact-{i}")).collect();
-        return Ok(crate::train::data::split(ids.clone(), &ids, &raw.dataset)?.0.len());
-    }
-    Ok(setup::split_examples(raw)?.0.len())
-}
