@@ -23,12 +23,12 @@ fn reproduce(paper: &Path, runs: &Path, extra: &[&str]) -> Output {
 fn assert_complete(paper: &Path) -> String {
     let report = std::fs::read_to_string(paper.join("REPRODUCTION.md")).expect("report");
     assert!(!report.contains("not run"), "{report}");
-    for name in ["capacity", "experts", "union", "traffic"] {
+    for name in ["table1", "size", "key_experts", "top_k", "experts", "traffic"] {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(paper.join(format!("results/{name}.json"))).expect("section json")).expect("json");
         assert!(paper.join(format!("results/{name}.h5")).is_file(), "{name}.h5");
         let figures = json["figures"].as_array().expect("figures");
-        assert!(figures.len() >= 2, "{name}: {figures:?}");
+        assert!(figures.len() >= 2, "{name}: {figures:?} (PNG and SVG of every figure)");
         for f in figures {
             assert!(paper.join(f.as_str().expect("path")).is_file(), "{name}: missing {f}");
         }
@@ -64,8 +64,8 @@ fn synthetic_fallback_is_loud_and_only_keeps_other_sections() {
     let warning = report.lines().find(|l| l.starts_with('>')).expect("a warning block");
     assert!(warning.contains("SYNTHETIC FALLBACK") && warning.contains("test: no network"), "{warning}");
     assert!(report.find("SYNTHETIC FALLBACK") < report.find("## 1."), "the warning must come first");
-    let before = std::fs::read_to_string(paper.join("results/union.json")).expect("union");
-    reproduce(&paper, &runs, &["--offline-reason", "test: no network", "--only", "capacity"]);
+    let before = std::fs::read_to_string(paper.join("results/top_k.json")).expect("top_k");
+    reproduce(&paper, &runs, &["--offline-reason", "test: no network", "--only", "table1"]);
     assert_complete(&paper);
-    assert_eq!(std::fs::read_to_string(paper.join("results/union.json")).expect("union"), before, "--only capacity must not touch union");
+    assert_eq!(std::fs::read_to_string(paper.join("results/top_k.json")).expect("top_k"), before, "--only table1 must not touch top_k");
 }

@@ -425,7 +425,7 @@ fn ledger_table(ledger: &Ledger) -> Table {
 pub fn run(ctx: &Context, runner: &super::runs::Runner) -> Result<Section> {
     let trained = super::traffic_trained::measure(ctx, runner).context("union and bytes after training")?;
     let mut section = run_timed(ctx)?;
-    section.markdown = format!("{}{}", super::traffic_trained::markdown(&trained), section.markdown);
+    section.markdown = format!("{}\n\n{}{}", super::output::scale_line(ctx), super::traffic_trained::markdown(&trained), section.markdown);
     section.figures.extend(super::traffic_trained::figure(ctx, &trained)?);
     if let serde_json::Value::Object(m) = &mut section.results {
         m.insert("trained".into(), serde_json::to_value(&trained)?);
