@@ -157,6 +157,7 @@ pub fn base_config(ctx: &Context, s: &Scale, dataset: &str) -> RawConfig {
     }
     raw.batch.micro = s.micro;
     raw.batch.eval_micro = 32;
+    raw.batch.group_by_length = 8;
     raw.batch.max_length = s.max_length;
     raw.optim.lr = 1e-3;
     raw.optim.warmup = 0.05;

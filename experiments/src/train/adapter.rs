@@ -163,7 +163,7 @@ impl<A: AdapterHook + Trainable> TrainableAdapter for DeviceTrainable<A> {
 
     fn state(&self) -> Result<StateMap> {
         let mut map = self.export()?;
-        for ((name, _), (m, v, step)) in self.vars.iter().zip(self.opt.state()) {
+        for ((name, _), (m, v, step)) in self.vars.iter().zip(self.opt.state()?) {
             map.insert(format!("optim.{name}.m"), StateTensor::from_tensor(&m)?);
             map.insert(format!("optim.{name}.v"), StateTensor::from_tensor(&v)?);
             map.insert(format!("optim.{name}.step"), StateTensor::U64(vec![step], vec![1]));
@@ -257,7 +257,7 @@ impl TrainableAdapter for MeftTrainable {
     fn state(&self) -> Result<StateMap> {
         let mut map = self.export()?;
         insert_row_moments(&mut map, self.adapter.store());
-        for (layer, (m, v, step)) in self.layers().into_iter().zip(self.adapter.gate_optimizer().state()) {
+        for (layer, (m, v, step)) in self.layers().into_iter().zip(self.adapter.gate_optimizer().state()?) {
             map.insert(format!("optim.layers.{layer}.gates.m"), StateTensor::from_tensor(&m)?);
             map.insert(format!("optim.layers.{layer}.gates.v"), StateTensor::from_tensor(&v)?);
             map.insert(format!("optim.layers.{layer}.gates.step"), StateTensor::U64(vec![step], vec![1]));

@@ -362,11 +362,14 @@ pub struct RawBatch {
     pub prefix_cache: String,
     /// Sequences per forward during evaluation (0: `micro`).
     pub eval_micro: usize,
+    /// Group training sequences of similar length into micro-batches over windows of this many
+    /// micro-batches (0: off; the order stays a function of seed and epoch).
+    pub group_by_length: usize,
 }
 
 impl Default for RawBatch {
     fn default() -> Self {
-        Self { micro: 8, accumulation: 1, max_length: 256, prefix_cache: "auto".into(), eval_micro: 0 }
+        Self { micro: 8, accumulation: 1, max_length: 256, prefix_cache: "auto".into(), eval_micro: 0, group_by_length: 0 }
     }
 }
 

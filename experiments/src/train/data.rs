@@ -136,15 +136,48 @@ pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// The next micro-batch's indices into the training split, advancing `pos`.
-pub fn next_batch(pos: &mut DataPosition, n: usize, micro: usize, seed: u64) -> Vec<usize> {
-    let mut out = Vec::with_capacity(micro);
-    let mut order = permutation(n, seed, pos.epoch);
-    while out.len() < micro {
+/// How an epoch's order is cut into micro-batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Sequences per micro-batch.
+    pub micro: usize,
+    /// Group lengths over windows of this many micro-batches (0 or 1: off): within each window
+    /// of the shuffled order the sequences are sorted by length, cut into micro-batches, and the
+    /// micro-batches shuffled, so a batch pads to similar lengths.
+    pub group_window: usize,
+}
+
+/// The order of `epoch` for sequences of `lens`: [`permutation`], length-grouped per
+/// [`Batching::group_window`].
+pub fn epoch_order(lens: &[usize], seed: u64, epoch: u64, b: Batching) -> Vec<usize> {
+    let mut order = permutation(lens.len(), seed, epoch);
+    let window = b.micro * b.group_window;
+    if b.group_window < 2 || b.micro == 0 {
+        return order;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0xd134_2543_de82_ef95) ^ epoch);
+    for chunk in order.chunks_mut(window) {
+        chunk.sort_by_key(|&i| (lens[i], i));
+        let mut batches: Vec<Vec<usize>> = chunk.chunks(b.micro).map(<[usize]>::to_vec).collect();
+        batches.shuffle(&mut rng);
+        for (slot, i) in chunk.iter_mut().zip(batches.into_iter().flatten()) {
+            *slot = i;
+        }
+    }
+    order
+}
+
+/// The next micro-batch's indices into the training split of sequence lengths `lens`,
+/// advancing `pos` (the position is an index into [`epoch_order`]).
+pub fn next_batch(pos: &mut DataPosition, lens: &[usize], b: Batching, seed: u64) -> Vec<usize> {
+    let n = lens.len();
+    let mut out = Vec::with_capacity(b.micro);
+    let mut order = epoch_order(lens, seed, pos.epoch, b);
+    while out.len() < b.micro {
         if pos.cursor >= n {
             pos.epoch += 1;
             pos.cursor = 0;
-            order = permutation(n, seed, pos.epoch);
+            order = epoch_order(lens, seed, pos.epoch, b);
         }
         out.push(order[pos.cursor]);
         pos.cursor += 1;
@@ -171,15 +204,33 @@ mod tests {
 
     #[test]
     fn batches_resume_from_a_position() {
-        let mut a = DataPosition::default();
-        let full: Vec<Vec<usize>> = (0..7).map(|_| next_batch(&mut a, 10, 3, 5)).collect();
-        let mut b = DataPosition::default();
-        for _ in 0..3 {
-            next_batch(&mut b, 10, 3, 5);
+        let lens: Vec<usize> = (0..10).map(|i| 3 + i * 7 % 5).collect();
+        for group_window in [0, 2] {
+            let b = Batching { micro: 3, group_window };
+            let mut a = DataPosition::default();
+            let full: Vec<Vec<usize>> = (0..7).map(|_| next_batch(&mut a, &lens, b, 5)).collect();
+            let mut p = DataPosition::default();
+            for _ in 0..3 {
+                next_batch(&mut p, &lens, b, 5);
+            }
+            let mut resumed = p;
+            let rest: Vec<Vec<usize>> = (3..7).map(|_| next_batch(&mut resumed, &lens, b, 5)).collect();
+            assert_eq!(&full[3..], &rest[..]);
+            assert_eq!(a, resumed);
         }
-        let mut resumed = b;
-        let rest: Vec<Vec<usize>> = (3..7).map(|_| next_batch(&mut resumed, 10, 3, 5)).collect();
-        assert_eq!(&full[3..], &rest[..]);
-        assert_eq!(a, resumed);
+    }
+
+    /// Length grouping keeps every sequence once per epoch and pads less.
+    #[test]
+    fn length_grouping_is_a_permutation_that_pads_less() {
+        let lens: Vec<usize> = (0..96).map(|i| 10 + (i * 37) % 41).collect();
+        let padded = |order: &[usize]| order.chunks(8).map(|c| c.iter().map(|&i| lens[i]).max().unwrap_or(0) * c.len()).sum::<usize>();
+        let plain = epoch_order(&lens, 3, 1, Batching { micro: 8, group_window: 0 });
+        let grouped = epoch_order(&lens, 3, 1, Batching { micro: 8, group_window: 6 });
+        let mut sorted = grouped.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..96).collect::<Vec<_>>());
+        assert!(padded(&grouped) < padded(&plain), "{} vs {}", padded(&grouped), padded(&plain));
+        assert_eq!(plain, permutation(96, 3, 1));
     }
 }

@@ -124,6 +124,8 @@ pub struct Trainer {
     step: u64,
     pos: DataPosition,
     last_eval: Option<Evaluation>,
+    /// Token count of every training sequence (for length-grouped batches).
+    train_lens: Vec<usize>,
 }
 
 /// Summary of a finished run.
@@ -161,7 +163,8 @@ impl Trainer {
             Length::Steps(s) => s,
             Length::Epochs(e) => e * per_epoch.max(1),
         };
-        let mut t = Self { plan, model, adapter, device, data, prefix, total_steps, step: 0, pos: DataPosition::default(), last_eval: None };
+        let train_lens = data.train.iter().map(|s| s.tokens.len()).collect();
+        let mut t = Self { plan, model, adapter, device, data, prefix, total_steps, step: 0, pos: DataPosition::default(), last_eval: None, train_lens };
         t.resume()?;
         Ok(t)
     }
@@ -252,7 +255,8 @@ impl Trainer {
         let (mut loss_sum, mut tokens) = (0.0, 0usize);
         for m in 0..accum {
             self.adapter.reseed(dropout_seed(self.plan.raw.seed, self.step, m));
-            let idx = data::next_batch(&mut self.pos, self.data.train.len(), micro, self.plan.raw.seed);
+            let batching = data::Batching { micro, group_window: self.plan.raw.batch.group_by_length };
+            let idx = data::next_batch(&mut self.pos, &self.train_lens, batching, self.plan.raw.seed);
             let seqs: Vec<&Sequence> = idx.iter().map(|&i| &self.data.train[i]).collect();
             let (x, _) = data::collate(&seqs, &Device::Cpu)?;
             tokens += x.elem_count();
@@ -376,8 +380,10 @@ impl Trainer {
 
     /// Greedy exact match per sequence and mean loss over `seqs`, whose prefix cache is `prefix`.
     fn score_sequences(&self, seqs: &[Sequence], prefix: &FrozenPrefix) -> Result<ProbeScore> {
-        let (mut loss, mut batches, mut exact) = (0.0, 0usize, Vec::with_capacity(seqs.len()));
-        let idx: Vec<usize> = (0..seqs.len()).collect();
+        let (mut loss, mut batches, mut exact) = (0.0, 0usize, vec![false; seqs.len()]);
+        // Batches of similar lengths pad less; results go back to sequence order.
+        let mut idx: Vec<usize> = (0..seqs.len()).collect();
+        idx.sort_by_key(|&i| (seqs[i].tokens.len(), i));
         let batch = match self.plan.raw.batch.eval_micro {
             0 => self.plan.raw.batch.micro,
             n => n,
@@ -391,7 +397,9 @@ impl Trainer {
             let out = head_outputs(&self.model, &h, &Positions::of(&refs, x.dim(1)?, Completions::Include))?;
             loss += out.loss.to_scalar::<f32>()? as f64;
             batches += 1;
-            exact.extend(out.exact);
+            for (&i, e) in chunk.iter().zip(out.exact) {
+                exact[i] = e;
+            }
         }
         Ok(ProbeScore { exact, mean_loss: loss / batches.max(1) as f64 })
     }
