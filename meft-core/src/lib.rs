@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod adapters;
+pub mod bf16;
 pub mod error;
 pub mod kernels_ref;
 pub mod optim;

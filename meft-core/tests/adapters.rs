@@ -188,3 +188,34 @@ fn full_delta_adds_x_times_delta_transposed_and_starts_at_zero() {
     }
     assert!(FullDelta::new(&[0], &[], &dims, DType::F32, &dev).is_err());
 }
+
+/// The bf16 update products (forward, input gradient, update gradient) agree with the f32 path
+/// to bf16 rounding (relative 2^-7 of the magnitudes involved).
+#[test]
+fn full_delta_bf16_products_match_the_f32_path() {
+    use meft_core::adapters::FullDelta;
+    use meft_core::bf16::FrozenPrecision;
+    let dev = Device::Cpu;
+    let dims = |_: LinearSite| (40, 24);
+    let run = |precision: FrozenPrecision| {
+        let full = FullDelta::new(&[0], &[LinearSite::Up], &dims, DType::F32, &dev).unwrap().with_precision(precision);
+        let (_, dw) = full.vars().into_iter().next().unwrap();
+        let delta: Vec<f32> = (0..24 * 40).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.1).collect();
+        dw.set(&Tensor::from_slice(&delta, (24, 40), &dev).unwrap()).unwrap();
+        let xs: Vec<f32> = (0..3 * 5 * 40).map(|i| (i * 53 % 97) as f32 / 48.0 - 1.0).collect();
+        let x = Var::from_slice(&xs, (3, 5, 40), &dev).unwrap();
+        let y = full.linear(0, LinearSite::Up, x.as_tensor()).unwrap().unwrap();
+        let weights = Tensor::from_vec((0..3 * 5 * 24).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<f32>>(), (3, 5, 24), &dev).unwrap();
+        let grads = (&y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        [y, grads.get(x.as_tensor()).unwrap().clone(), grads.get(dw.as_tensor()).unwrap().clone()].map(|t| f64s(&t))
+    };
+    let (f32s, bf16s) = (run(FrozenPrecision::F32), run(FrozenPrecision::Bf16));
+    assert_ne!(f32s[0], bf16s[0], "the bf16 path rounds, so it cannot equal the f32 path bit for bit");
+    for (name, (want, got)) in ["y", "dx", "d delta"].iter().zip(f32s.iter().zip(&bf16s)) {
+        assert_eq!(want.len(), got.len());
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (i, (w, g)) in want.iter().zip(got).enumerate() {
+            assert!((w - g).abs() <= 2e-2 * scale, "{name}[{i}]: f32 {w} vs bf16 {g} (scale {scale})");
+        }
+    }
+}

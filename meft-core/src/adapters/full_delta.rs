@@ -8,10 +8,17 @@
 //! frozen-product kernels. RMSNorm weights stay frozen (a difference from full fine-tuning,
 //! stated wherever this method is reported). `meft-models/tests/model.rs` checks the gradient
 //! equivalence against a model whose weight itself is a variable.
+//!
+//! With [`FrozenPrecision::Bf16`] the update's products run in bf16 too ([`DeltaProduct`]:
+//! `x·ΔWᵀ`, `g·ΔW` and `gᵀ·x` on the bf16 kernels, f32 sums), the usual mixed-precision
+//! recipe; the f32 path (candle's matmul) is its reference.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, Var};
 
 use super::Trainable;
+use crate::bf16::{matmul_tn, Bf16Weight, Dst, FrozenPrecision};
 use crate::{AdapterHook, LinearSite};
 
 /// Full-size updates of the projections `sites` of `layers`.
@@ -19,6 +26,7 @@ use crate::{AdapterHook, LinearSite};
 pub struct FullDelta {
     /// `(layer, site, ΔW (out×in))`, in layer-major, site order.
     deltas: Vec<(usize, LinearSite, Var)>,
+    precision: FrozenPrecision,
 }
 
 impl FullDelta {
@@ -34,7 +42,13 @@ impl FullDelta {
                 deltas.push((layer, site, Var::zeros((fan_out, fan_in), dtype, device)?));
             }
         }
-        Ok(Self { deltas })
+        Ok(Self { deltas, precision: FrozenPrecision::F32 })
+    }
+
+    /// The same updates with their products in `precision` (f32 by default).
+    #[must_use]
+    pub fn with_precision(self, precision: FrozenPrecision) -> Self {
+        Self { precision, ..self }
     }
 
     fn delta(&self, layer: usize, site: LinearSite) -> Option<&Var> {
@@ -51,7 +65,14 @@ impl AdapterHook for FullDelta {
         let Some(dw) = self.delta(layer, site) else { return Ok(None) };
         let fan_in = x.dim(candle_core::D::Minus1)?;
         let mut shape = x.dims().to_vec();
-        let y = x.reshape(((), fan_in))?.to_dtype(dw.dtype())?.matmul(&dw.as_tensor().t()?)?;
+        let rows = x.reshape(((), fan_in))?;
+        let bf16 = self.precision == FrozenPrecision::Bf16 && dw.dtype() == DType::F32 && dw.device().is_cpu();
+        let y = if bf16 {
+            let product = DeltaProduct { weight: Arc::new(Bf16Weight::new(&dw.as_tensor().detach())?) };
+            rows.to_dtype(DType::F32)?.contiguous()?.apply_op2(dw.as_tensor(), product)?
+        } else {
+            rows.to_dtype(dw.dtype())?.matmul(&dw.as_tensor().t()?)?
+        };
         if let Some(last) = shape.last_mut() {
             *last = y.dim(1)?;
         }
@@ -66,5 +87,40 @@ impl AdapterHook for FullDelta {
 impl Trainable for FullDelta {
     fn vars(&self) -> Vec<(String, Var)> {
         self.deltas.iter().map(|(l, s, v)| (format!("layers.{l}.{}.delta", format!("{s:?}").to_lowercase()), v.clone())).collect()
+    }
+}
+
+/// `x·ΔWᵀ` for rows `x` on the bf16 kernels, with both gradients: `g·ΔW` to `x` and `gᵀ·x`
+/// to `ΔW`. `weight` is the bf16 companion packed from `ΔW`'s current values.
+struct DeltaProduct {
+    weight: Arc<Bf16Weight>,
+}
+
+impl CustomOp2 for DeltaProduct {
+    fn name(&self) -> &'static str {
+        "meft-delta-product"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), Some((a, b))) = (s1, l1.contiguous_offsets()) else {
+            candle_core::bail!("delta product: the input must be contiguous f32 rows")
+        };
+        let (out_dim, in_dim) = self.weight.dims();
+        if l2.dims() != [out_dim, in_dim] || l1.dims().len() != 2 || l1.dims()[1] != in_dim {
+            candle_core::bail!("delta product: input {:?} and update {:?} do not fit a ({out_dim}, {in_dim}) product", l1.dims(), l2.dims())
+        }
+        let mut y = vec![0f32; l1.dims()[0] * out_dim];
+        self.weight.forward_into(&x[a..b], &mut y, Dst::Overwrite)?;
+        Ok((CpuStorage::F32(y), Shape::from((l1.dims()[0], out_dim))))
+    }
+
+    fn bwd(&self, x: &Tensor, _dw: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out_dim, in_dim) = self.weight.dims();
+        let rows = x.dim(0)?;
+        let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let dx = Tensor::from_vec(self.weight.backward(&g)?, (rows, in_dim), x.device())?;
+        let ddw = Tensor::from_vec(matmul_tn(&g, &xs, rows, out_dim, in_dim)?, (out_dim, in_dim), x.device())?;
+        Ok((Some(dx), Some(ddw)))
     }
 }

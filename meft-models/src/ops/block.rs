@@ -19,7 +19,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 
 use super::attention::{Attention, HeadDims, KeepProbs, KvHeads, RopeSpec};
 use super::kernels::{f32_data, rms_norm_bwd_rows, rms_norm_rows, swiglu_bwd_rows, swiglu_rows, CausalMask, RopeTables};
-use super::bf16::Bf16Weight;
+use meft_core::bf16::Bf16Weight;
 use super::linear::{companion_for, linear_bwd_rows, linear_residual_rows, linear_rows, Weight};
 use crate::config::RopeLayout;
 

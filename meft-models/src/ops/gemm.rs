@@ -38,14 +38,9 @@ impl Mat {
     }
 }
 
-/// What a product does with the destination's previous contents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dst {
-    /// `dst = scale · a·b`.
-    Overwrite,
-    /// `dst += scale · a·b`.
-    Accumulate,
-}
+/// What a product does with the destination's previous contents (`dst = scale · a·b` or
+/// `dst += scale · a·b`); one enum shared with the bf16 products.
+pub(super) use meft_core::bf16::Dst;
 
 /// `dst = scale · a·b`, overwriting `dst`.
 ///

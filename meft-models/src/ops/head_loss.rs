@@ -15,7 +15,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{f32_data, last_dim, nll_grad_in_place, scored_log_sum_exps, targets, LogitRows};
-use super::bf16::Bf16Weight;
+use meft_core::bf16::Bf16Weight;
 use super::linear::{linear_bwd_rows, linear_rows, Weight};
 
 /// What the forward keeps for the backward.

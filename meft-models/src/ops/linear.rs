@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::bf16::Bf16Weight;
+use meft_core::bf16::Bf16Weight;
 use super::gemm::{matmul_column_split, Dst, Mat};
 #[cfg(test)]
 use super::gemm::{matmul, Parallelism};

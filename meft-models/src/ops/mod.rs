@@ -6,9 +6,7 @@
 //! candle-nn's fused softmax/rms_norm/rope are never used: they have no backward and would silently
 //! cut the gradient flowing from the loss to the adapters.
 
-mod amx;
 mod attention;
-mod bf16;
 mod block;
 mod fastexp;
 mod gemm;
@@ -21,7 +19,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub use attention::HeadDims;
-pub use bf16::{matmul_slow as bf16_matmul_slow, Bf16Weight, FrozenPrecision};
+pub use meft_core::bf16::{matmul_slow as bf16_matmul_slow, Bf16Weight, FrozenPrecision};
 pub use block::{attention_block, mlp_block, AttentionBlockWeights, MlpBlockWeights};
 use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
 pub use kernels::RopeTables;

@@ -61,12 +61,13 @@ impl Plan {
         let headline = |t: &[&str]| t.iter().map(|s| s.to_string()).filter(|n| tasks.iter().any(|t| &t.name == n)).collect();
         let (seeds, headline_tasks): (Vec<u64>, Vec<String>) = match profile {
             Profile::Smoke => (vec![0, 1], headline(&["nq_open", "synthetic"])),
-            Profile::Default => (vec![0, 1, 2], headline(&["nq_open", "trivia_qa", "synthetic"])),
+            Profile::Default => (vec![0, 1, 2], headline(&["trivia_qa", "synthetic"])),
             Profile::Full => (vec![0, 1, 2], tasks.iter().filter(|t| t.kind == TaskKind::Qa).map(|t| t.name.clone()).collect()),
         };
         let headline_methods = match profile {
             Profile::Full => MethodId::ALL.iter().copied().filter(|m| *m != MethodId::Base).collect(),
-            _ => vec![MethodId::Lora, MethodId::Pa, MethodId::Meft],
+            Profile::Smoke => vec![MethodId::Lora, MethodId::Pa, MethodId::Meft],
+            Profile::Default => vec![MethodId::Pa, MethodId::Meft],
         };
         let (lr_grid, sweep_facts, sweep_epochs) = match profile {
             Profile::Smoke => (vec![1e-2], scale.facts, scale.epochs),
@@ -77,7 +78,7 @@ impl Plan {
         let (gen_examples, beam_examples) = match (profile, real) {
             (_, false) => (0, 0),
             (Profile::Smoke, _) => (4, 2),
-            (Profile::Default, _) => (48, 24),
+            (Profile::Default, _) => (32, 16),
             (Profile::Full, _) => (80, 48),
         };
         Self { scale, tasks, seeds, headline_methods, headline_tasks, lr_grid, sweep_methods, sweep_facts, sweep_epochs, gen_examples, beam_examples }

@@ -125,7 +125,7 @@ pub fn tasks(profile: Profile, real: bool, s: &Scale) -> Vec<Task> {
             eval_every_epochs: 1,
             closed_book: false,
             probes: true,
-            max_new_tokens: 192,
+            max_new_tokens: 128,
         },
     ]
 }
@@ -165,7 +165,10 @@ pub fn generation_sets(task: &Task, base: &RawConfig, plan: &Plan) -> Result<Gen
         _ => Dataset::parse(&task.dataset)?,
     };
     let g = greedy(task.max_new_tokens);
-    let mut greedy_sets = vec![set("trained", &dataset, first(&train, n), g.clone()), set("held_out", &dataset, first(&held, n), g.clone())];
+    let mut greedy_sets = vec![set("held_out", &dataset, first(&held, n), g.clone())];
+    if task.kind != TaskKind::Math {
+        greedy_sets.insert(0, set("trained", &dataset, first(&train, n), g.clone()));
+    }
     if task.kind == TaskKind::Math {
         let cache = meft_assets::Cache::from_env();
         let gsm = Dataset::Gsm8k.load(&cache.dataset_path("gsm8k")?)?;

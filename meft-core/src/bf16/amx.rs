@@ -22,15 +22,15 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::Dst;
+use super::Dst;
 
 /// One 64-byte tile row: 32 bf16 values.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[repr(C, align(64))]
-pub(super) struct Line(pub [u16; 32]);
+pub(crate) struct Line(pub [u16; 32]);
 
 /// Whether AMX-BF16 tiles can be used by this process (checked once).
-pub(super) fn available() -> bool {
+pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| std::env::var_os("MEFT_NO_AMX").is_none() && detect())
 }
@@ -74,13 +74,13 @@ fn request_tile_permission() -> bool {
 }
 
 /// `n` rounded up to a multiple of `m`.
-pub(super) fn round_up(n: usize, m: usize) -> usize {
+pub(crate) fn round_up(n: usize, m: usize) -> usize {
     n.div_ceil(m) * m
 }
 
 /// A frozen `k × n` matrix `B` packed into 16-column tile panels (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Panels {
+pub(crate) struct Panels {
     k: usize,
     n: usize,
     kp: usize,
@@ -99,7 +99,7 @@ impl Panels {
                 if o >= out {
                     break;
                 }
-                super::bf16::round_into(&w[o * inp..(o + 1) * inp], &mut row[..inp]);
+                super::round_into(&w[o * inp..(o + 1) * inp], &mut row[..inp]);
                 for (pair, line) in panel.iter_mut().enumerate() {
                     line.0[2 * col] = row[2 * pair];
                     line.0[2 * col + 1] = row[2 * pair + 1];
@@ -119,7 +119,7 @@ impl Panels {
                     let r = 2 * pair + half;
                     dst.fill(0);
                     if r < out && cols > 0 {
-                        super::bf16::round_into(&w[r * inp + c0..r * inp + c0 + cols], &mut dst[..cols]);
+                        super::round_into(&w[r * inp + c0..r * inp + c0 + cols], &mut dst[..cols]);
                     }
                 }
                 for col in 0..16 {
@@ -153,7 +153,7 @@ fn pack_rows(a: &[f32], m: usize, k: usize, kp: usize) -> Vec<Line> {
     lines.par_chunks_mut(per_row).take(m).enumerate().for_each(|(r, row)| {
         // SAFETY: `Line` is 32 `u16` with no padding, so the row's lines are `kp` contiguous u16.
         let flat = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<u16>(), kp) };
-        super::bf16::round_into(&a[r * k..(r + 1) * k], &mut flat[..k]);
+        super::round_into(&a[r * k..(r + 1) * k], &mut flat[..k]);
     });
     lines
 }
@@ -189,7 +189,7 @@ unsafe impl Sync for SharedDst {}
 /// `dst (m × n, row-major) (=|+=) a·B` for f32 rows `a` (`m × k`) and packed `b` (`k × n`),
 /// the output column pairs split across the rayon threads. Returns `false`, computing nothing,
 /// when AMX is not [`available`] or the lengths disagree with the shapes.
-pub(super) fn matmul(dst: &mut [f32], mode: Dst, a: &[f32], m: usize, b: &Panels) -> bool {
+pub(crate) fn matmul(dst: &mut [f32], mode: Dst, a: &[f32], m: usize, b: &Panels) -> bool {
     let (k, n) = (b.k, b.n);
     if !available() || a.len() != m * k || dst.len() != m * n {
         return false;

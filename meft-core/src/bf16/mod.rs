@@ -1,12 +1,13 @@
-//! Frozen weights computed in bf16: products whose inputs are rounded to bfloat16 and whose sums
-//! are kept in f32 (the mixed precision of GPU training), for the frozen projections and the
-//! output head.
+//! Products in bf16: inputs rounded to bfloat16, sums kept in f32 (the mixed precision of GPU
+//! training), for the frozen projections and the output head of a model and for full
+//! fine-tuning's updates.
 //!
-//! A [`Bf16Weight`] is the bf16 companion of one frozen f32 weight `W` `(out, in)`. With Intel
-//! AMX ([`super::amx`]) it holds `Wᵀ` packed into tile panels for `x·Wᵀ`, and builds `W`'s panels
-//! for the input gradient `g·W` on the first backward. Without AMX it holds `W` rounded to bf16
-//! values (stored as f32) and runs the f32 product on rounded inputs: the same rounding, a
-//! different order of f32 additions. [`matmul_slow`] is the reference both are tested against.
+//! A [`Bf16Weight`] is the bf16 companion of one f32 weight `W` `(out, in)`. With Intel AMX
+//! ([`amx`]) it holds `Wᵀ` packed into tile panels for `x·Wᵀ`, and builds `W`'s panels for the
+//! input gradient `g·W` on the first backward. Without AMX it holds `W` rounded to bf16 values
+//! (stored as f32) and runs the f32 product on rounded inputs: the same rounding, a different
+//! order of f32 additions. [`matmul_tn`] gives the weight gradient `gᵀ·x` the same way.
+//! [`matmul_slow`] is the reference all are tested against.
 //! The companion remembers the tensor it was made from; layers use it only while their weight
 //! is still that tensor.
 
@@ -14,9 +15,59 @@ use std::sync::OnceLock;
 
 use candle_core::{bail, CpuStorage, Result, Storage, Tensor, TensorId};
 
-use super::amx::{self, Panels};
-use super::gemm::Dst;
-use super::linear::{column_split_linear, column_split_bwd};
+mod amx;
+
+pub use amx::available as amx_available;
+use amx::Panels;
+
+/// What a product does with the destination's previous contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dst {
+    /// `dst = a·b`.
+    Overwrite,
+    /// `dst += a·b`.
+    Accumulate,
+}
+
+/// `dst (m × n) (=|+=) a (m × k) · b`, `b` given by its element strides `(row, column)`: the
+/// portable f32 product (the gemm crate) of the fallback path.
+fn portable(dst: &mut [f32], mode: Dst, a: &[f32], (m, k, n): (usize, usize, usize), b: &[f32], (rs, cs): (usize, usize)) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if mode == Dst::Overwrite {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let accumulate = mode == Dst::Accumulate;
+    // SAFETY: the callers check `dst.len() == m·n`, `a.len() == m·k` and that `b` holds the
+    // `k × n` matrix of the given strides; `dst` is a unique borrow aliasing neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            cs as isize,
+            rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
 
 /// The precision of the frozen products of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -51,8 +102,8 @@ pub fn round_bf16(x: f32) -> u16 {
 }
 
 /// `src` rounded to bf16 into `dst` (same length), vectorised.
-pub(super) fn round_into(src: &[f32], dst: &mut [u16]) {
-    super::fastexp::vectorized(
+pub fn round_into(src: &[f32], dst: &mut [u16]) {
+    pulp::Arch::new().dispatch(
         #[inline(always)]
         || {
             for (d, &x) in dst.iter_mut().zip(src) {
@@ -129,19 +180,20 @@ impl Bf16Weight {
     }
 
     /// `y (=|+=) x·Wᵀ` for `x` of `rows × in` and `y` of `rows × out`.
-    pub(super) fn forward_into(&self, x: &[f32], y: &mut [f32], mode: Dst) -> Result<()> {
+    pub fn forward_into(&self, x: &[f32], y: &mut [f32], mode: Dst) -> Result<()> {
         let rows = self.rows_of(x.len(), self.in_dim, y.len(), self.out_dim)?;
         match &self.store {
             Store::Tiles { fwd, .. } => done(amx::matmul(y, mode, x, rows, fwd)),
             Store::Rounded(w) => {
                 let xr: Vec<f32> = x.iter().map(|&v| rounded(v)).collect();
-                column_split_linear(&xr, w, self.out_dim, y, mode)
+                portable(y, mode, &xr, (rows, self.in_dim, self.out_dim), w, (1, self.in_dim));
+                Ok(())
             }
         }
     }
 
     /// `g·W` for `g` of `rows × out`: the input gradient, `rows × in`.
-    pub(super) fn backward(&self, g: &[f32]) -> Result<Vec<f32>> {
+    pub fn backward(&self, g: &[f32]) -> Result<Vec<f32>> {
         let rows = g.len() / self.out_dim.max(1);
         let mut dx = vec![0f32; rows * self.in_dim];
         self.rows_of(g.len(), self.out_dim, dx.len(), self.in_dim)?;
@@ -158,7 +210,7 @@ impl Bf16Weight {
             }
             Store::Rounded(w) => {
                 let gr: Vec<f32> = g.iter().map(|&v| rounded(v)).collect();
-                column_split_bwd(&gr, w, self.out_dim, &mut dx)?;
+                portable(&mut dx, Dst::Overwrite, &gr, (rows, self.out_dim, self.in_dim), w, (self.in_dim, 1));
             }
         }
         Ok(dx)
@@ -199,6 +251,32 @@ fn done(ok: bool) -> Result<()> {
         bail!("bf16 product: the AMX kernel refused its operands (shape mismatch)")
     }
     Ok(())
+}
+
+/// `aᵀ·b` in bf16 for `a` of `rows × m` and `b` of `rows × n` (the weight gradient `gᵀ·x` of a
+/// trained projection); returns `m × n`.
+///
+/// # Errors
+/// Lengths that do not fit the shapes.
+pub fn matmul_tn(a: &[f32], b: &[f32], rows: usize, m: usize, n: usize) -> Result<Vec<f32>> {
+    if a.len() != rows * m || b.len() != rows * n {
+        bail!("bf16 aᵀ·b: {} / {} elements do not fit {rows} rows of {m} / {n}", a.len(), b.len());
+    }
+    let mut at = vec![0f32; m * rows];
+    for (r, row) in a.chunks(m.max(1)).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            at[c * rows + r] = v;
+        }
+    }
+    let mut out = vec![0f32; m * n];
+    if amx::available() {
+        let panels = Panels::of(b, rows, n);
+        done(amx::matmul(&mut out, Dst::Overwrite, &at, m, &panels))?;
+    } else {
+        let (ar, br): (Vec<f32>, Vec<f32>) = (at.iter().map(|&v| rounded(v)).collect(), b.iter().map(|&v| rounded(v)).collect());
+        portable(&mut out, Dst::Overwrite, &ar, (m, rows, n), &br, (n, 1));
+    }
+    Ok(out)
 }
 
 /// Reference: `a (m × k) · b (k × n)` with both rounded to bf16 and the sums taken in f64.
@@ -284,6 +362,22 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// `aᵀ·b` (the weight-gradient product) matches the bf16 reference on odd shapes.
+        #[test]
+        fn transposed_product_matches_the_reference(
+            (rows, m, n, a, b) in (1usize..70, 1usize..50, 1usize..60).prop_flat_map(|(r, m, n)| {
+                (Just(r), Just(m), Just(n), values(r * m), values(r * n))
+            })
+        ) {
+            let at: Vec<f32> = (0..m * rows).map(|i| a[(i % rows) * m + i / rows]).collect(); // m × rows
+            let want = matmul_slow(&at, &b, m, rows, n);
+            check(&matmul_tn(&a, &b, rows, m, n).unwrap(), &want, &tolerance(&at, &b, m, rows, n))?;
+        }
+    }
+
     #[test]
     fn mismatched_operands_are_errors() {
         let w = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -291,6 +385,7 @@ mod tests {
         let mut y = vec![0f32; 6];
         assert!(weight.forward_into(&[0.0; 7], &mut y, Dst::Overwrite).is_err());
         assert!(weight.backward(&[0.0; 5]).is_err());
+        assert!(matmul_tn(&[0.0; 6], &[0.0; 5], 2, 3, 3).is_err());
         assert!(!weight.is_for(&w.clone().contiguous().unwrap().affine(1.0, 0.0).unwrap()));
     }
 }
