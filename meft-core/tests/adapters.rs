@@ -219,3 +219,30 @@ fn full_delta_bf16_products_match_the_f32_path() {
         }
     }
 }
+
+/// In evaluation the updates are frozen: the products equal the training ones (both precisions)
+/// and no gradient reaches `ΔW`, so a decoded token's graph holds no copy of it.
+#[test]
+fn full_delta_eval_phase_matches_train_outputs_without_gradients_to_the_delta() {
+    use meft_core::adapters::{FullDelta, Phase};
+    use meft_core::bf16::FrozenPrecision;
+    let dev = Device::Cpu;
+    let dims = |_: LinearSite| (40, 24);
+    for precision in [FrozenPrecision::F32, FrozenPrecision::Bf16] {
+        let full = FullDelta::new(&[0], &[LinearSite::Up], &dims, DType::F32, &dev).unwrap().with_precision(precision);
+        let (_, dw) = full.vars().into_iter().next().unwrap();
+        let delta: Vec<f32> = (0..24 * 40).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.1).collect();
+        dw.set(&Tensor::from_slice(&delta, (24, 40), &dev).unwrap()).unwrap();
+        let x = Tensor::from_vec((0..2 * 40).map(|i| (i * 53 % 97) as f32 / 48.0 - 1.0).collect::<Vec<f32>>(), (2, 40), &dev).unwrap();
+        let train = full.linear(0, LinearSite::Up, &x).unwrap().unwrap();
+        full.set_phase(Phase::Eval);
+        let eval = full.linear(0, LinearSite::Up, &x).unwrap().unwrap();
+        assert_eq!(f64s(&train), f64s(&eval), "{precision:?}");
+        let grads = eval.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(dw.as_tensor()).is_none(), "{precision:?}: evaluation must not track ΔW");
+        dw.set(&Tensor::zeros((24, 40), DType::F32, &dev).unwrap()).unwrap();
+        full.set_phase(Phase::Train);
+        let grads = full.linear(0, LinearSite::Up, &x).unwrap().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(dw.as_tensor()).is_some(), "{precision:?}: training tracks ΔW again");
+    }
+}

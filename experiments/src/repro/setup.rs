@@ -46,6 +46,12 @@ impl MethodId {
     /// Every method, in report order.
     pub const ALL: [Self; 8] = [Self::Base, Self::Lora, Self::LoraFfn, Self::AdapterH, Self::Pa, Self::Pa2x, Self::FullFt, Self::Meft];
 
+    /// LoRA-FFN (Table 3) and the baselines over the budget (PA-2×, full FT): the profile may
+    /// run them on fewer columns.
+    pub fn is_extra_baseline(self) -> bool {
+        matches!(self, Self::LoraFfn | Self::Pa2x | Self::FullFt)
+    }
+
     /// Table label.
     pub fn label(self) -> &'static str {
         match self {

@@ -179,7 +179,7 @@ pub fn adapter(plan: &TrainPlan, cfg: &ModelConfig, dev: &Arc<OffloadDevice>) ->
         MethodPlan::FullFt { sites } => {
             let a = FullDelta::new(&plan.layers, sites, &|site| site_dims(cfg, site), DType::F32, &Device::Cpu)?.with_precision(plan.raw.model.precision);
             account(dev, &a)?;
-            Box::new(DeviceTrainable::new(a, plan.adamw, |_, _| {})?)
+            Box::new(DeviceTrainable::new(a, plan.adamw, |a: &FullDelta, p: Phase| a.set_phase(p))?)
         }
         MethodPlan::None => bail!("method = none has nothing to train; use `meft eval` for the base model"),
     })

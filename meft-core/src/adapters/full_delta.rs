@@ -12,12 +12,16 @@
 //! With [`FrozenPrecision::Bf16`] the update's products run in bf16 too ([`DeltaProduct`]:
 //! `x·ΔWᵀ`, `g·ΔW` and `gᵀ·x` on the bf16 kernels, f32 sums), the usual mixed-precision
 //! recipe; the f32 path (candle's matmul) is its reference.
+//!
+//! In [`Phase::Eval`] the updates cannot change, so [`FullDelta::set_phase`] packs their bf16
+//! companions once and the products run detached from the autograd graph: no repacking per
+//! decoded token, and no per-token copy of `ΔW` kept alive through the KV cache's graph.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, Var};
 
-use super::Trainable;
+use super::{Phase, Trainable};
 use crate::bf16::{matmul_tn, Bf16Weight, Dst, FrozenPrecision};
 use crate::{AdapterHook, LinearSite};
 
@@ -27,6 +31,9 @@ pub struct FullDelta {
     /// `(layer, site, ΔW (out×in))`, in layer-major, site order.
     deltas: Vec<(usize, LinearSite, Var)>,
     precision: FrozenPrecision,
+    /// `Some` in [`Phase::Eval`]: the bf16 companions of the deltas (index-aligned; empty on the
+    /// f32 path), packed when evaluation began.
+    eval: RwLock<Option<Vec<Arc<Bf16Weight>>>>,
 }
 
 impl FullDelta {
@@ -42,7 +49,7 @@ impl FullDelta {
                 deltas.push((layer, site, Var::zeros((fan_out, fan_in), dtype, device)?));
             }
         }
-        Ok(Self { deltas, precision: FrozenPrecision::F32 })
+        Ok(Self { deltas, precision: FrozenPrecision::F32, eval: RwLock::new(None) })
     }
 
     /// The same updates with their products in `precision` (f32 by default).
@@ -51,8 +58,26 @@ impl FullDelta {
         Self { precision, ..self }
     }
 
-    fn delta(&self, layer: usize, site: LinearSite) -> Option<&Var> {
-        self.deltas.iter().find(|(l, s, _)| *l == layer && *s == site).map(|(_, _, v)| v)
+    /// Evaluation freezes the updates (packed once, products without gradients) until the next
+    /// [`Phase::Train`]. A delta that fails to pack is packed again (and its error reported) by
+    /// the forward that needs it.
+    pub fn set_phase(&self, phase: Phase) {
+        let snapshot = match phase {
+            Phase::Train => None,
+            Phase::Eval if self.uses_bf16() => {
+                Some(self.deltas.iter().map(|(_, _, v)| Bf16Weight::new(&v.as_tensor().detach()).map(Arc::new)).collect::<Result<_>>().unwrap_or_default())
+            }
+            Phase::Eval => Some(Vec::new()),
+        };
+        *self.eval.write().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+    }
+
+    fn uses_bf16(&self) -> bool {
+        self.precision == FrozenPrecision::Bf16 && self.deltas.first().is_some_and(|(_, _, v)| v.dtype() == DType::F32 && v.device().is_cpu())
+    }
+
+    fn delta(&self, layer: usize, site: LinearSite) -> Option<(usize, &Var)> {
+        self.deltas.iter().position(|(l, s, _)| *l == layer && *s == site).map(|i| (i, &self.deltas[i].2))
     }
 }
 
@@ -62,16 +87,23 @@ impl AdapterHook for FullDelta {
     }
 
     fn linear(&self, layer: usize, site: LinearSite, x: &Tensor) -> Result<Option<Tensor>> {
-        let Some(dw) = self.delta(layer, site) else { return Ok(None) };
+        let Some((index, dw)) = self.delta(layer, site) else { return Ok(None) };
         let fan_in = x.dim(candle_core::D::Minus1)?;
         let mut shape = x.dims().to_vec();
         let rows = x.reshape(((), fan_in))?;
-        let bf16 = self.precision == FrozenPrecision::Bf16 && dw.dtype() == DType::F32 && dw.device().is_cpu();
-        let y = if bf16 {
-            let product = DeltaProduct { weight: Arc::new(Bf16Weight::new(&dw.as_tensor().detach())?) };
-            rows.to_dtype(DType::F32)?.contiguous()?.apply_op2(dw.as_tensor(), product)?
-        } else {
-            rows.to_dtype(dw.dtype())?.matmul(&dw.as_tensor().t()?)?
+        let eval = self.eval.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let y = match (eval.as_ref(), self.uses_bf16()) {
+            (Some(packed), true) => {
+                let frozen = dw.as_tensor().detach();
+                let weight = match packed.get(index) {
+                    Some(w) => w.clone(),
+                    None => Arc::new(Bf16Weight::new(&frozen)?),
+                };
+                bf16_product(&rows, &frozen, weight)?
+            }
+            (Some(_), false) => rows.to_dtype(dw.dtype())?.matmul(&dw.as_tensor().detach().t()?)?,
+            (None, true) => bf16_product(&rows, dw.as_tensor(), Arc::new(Bf16Weight::new(&dw.as_tensor().detach())?))?,
+            (None, false) => rows.to_dtype(dw.dtype())?.matmul(&dw.as_tensor().t()?)?,
         };
         if let Some(last) = shape.last_mut() {
             *last = y.dim(1)?;
@@ -88,6 +120,11 @@ impl Trainable for FullDelta {
     fn vars(&self) -> Vec<(String, Var)> {
         self.deltas.iter().map(|(l, s, v)| (format!("layers.{l}.{}.delta", format!("{s:?}").to_lowercase()), v.clone())).collect()
     }
+}
+
+/// `rows·ΔWᵀ` through [`DeltaProduct`] with `weight`, the bf16 companion of `dw`.
+fn bf16_product(rows: &Tensor, dw: &Tensor, weight: Arc<Bf16Weight>) -> Result<Tensor> {
+    rows.to_dtype(DType::F32)?.contiguous()?.apply_op2(dw, DeltaProduct { weight })
 }
 
 /// `x·ΔWᵀ` for rows `x` on the bf16 kernels, with both gradients: `g·ΔW` to `x` and `gᵀ·x`

@@ -63,11 +63,20 @@ fn setup_text(r: &Results) -> String {
          to its top-{} through {} Key-Experts (top-{} probed) and fits its device working set C and its gates to the same budget; when a micro-batch's union \
          exceeds C, the lowest-scoring rows are dropped (fraction reported). PA-2× is a dense PA as large as MEFT's host adapter (the paper's 48 GB row) and \
          full FT trains every projection of the adapted layers (norms frozen): neither fits the budget, and their device bytes are shown. \
+         LoRA-FFN, PA-2× and full FT run on {}; \"-\" marks a cell this profile does not run. \
          Teacher-forced EM = greedy decoding reproduces the first answer exactly (computed on every fact; identical to greedy decoding's exact match). \
          One seed unless a cell says n = 3; the intervals are 95 % (Student's t).\n\n",
         s.adapted_layers, s.facts, s.epochs, s.micro, r.lr, s.pa_neurons, 100.0 * r.pa_fraction, budgets.join("; "), s.meft_neurons,
-        s.meft_neurons / s.pa_neurons.max(1), s.top_k, s.experts, s.top_p
+        s.meft_neurons / s.pa_neurons.max(1), s.top_k, s.experts, s.top_p, extra_columns(r)
     )
+}
+
+/// The columns the extra baselines run on, in words.
+fn extra_columns(r: &Results) -> String {
+    if r.plan.tasks.iter().all(|t| r.plan.extra_baseline_tasks.contains(&t.name)) {
+        return "every column".into();
+    }
+    format!("{} only (the full profile runs them on every column)", r.plan.extra_baseline_tasks.join(", "))
 }
 
 fn main_table(r: &Results) -> String {
@@ -91,7 +100,7 @@ fn main_table(r: &Results) -> String {
             let runs = cell(r, &t.name, m.label());
             let main = interval(&runs, |o| headline(o, t.kind)).cell();
             row.push(match t.kind {
-                TaskKind::Qa => format!("{main} ({:.3})", interval(&runs, |o| Some(o.final_point.held_out_em)).mean),
+                TaskKind::Qa if !runs.is_empty() => format!("{main} ({:.3})", interval(&runs, |o| Some(o.final_point.held_out_em)).mean),
                 _ => main,
             });
         }

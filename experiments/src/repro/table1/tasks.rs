@@ -13,6 +13,9 @@ use crate::repro::evaluate::{GenSet, greedy};
 use crate::repro::setup::{self, Scale};
 use crate::train::RawConfig;
 
+/// Longest sequence trained in one micro-batch of 8; longer tasks accumulate micro-batches of 2.
+const LONG_SEQUENCE: usize = 128;
+
 /// What kind of column a task is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,6 +85,11 @@ impl Task {
         raw.dataset.closed_book = self.closed_book;
         raw.batch.max_length = self.max_length;
         raw.epochs = self.epochs;
+        if self.max_length > LONG_SEQUENCE {
+            // Same 8 sequences per step, a quarter of the activations: two workers running full
+            // fine-tuning on 512-token tool calls would otherwise outgrow 24 GiB.
+            (raw.batch.micro, raw.batch.accumulation, raw.batch.eval_micro) = (2, raw.batch.micro.div_ceil(2), 8);
+        }
     }
 }
 
@@ -179,4 +187,23 @@ pub fn generation_sets(task: &Task, base: &RawConfig, plan: &Plan) -> Result<Gen
         _ => Vec::new(),
     };
     Ok(Generation { greedy: greedy_sets, beam })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repro::DataSource;
+
+    #[test]
+    fn long_sequence_tasks_keep_eight_sequences_per_step_in_micro_batches_of_two() {
+        let scale = Scale::of(Profile::Default, &DataSource::Real);
+        for task in tasks(Profile::Default, true, &scale) {
+            let mut raw = RawConfig::default();
+            raw.batch.micro = 8;
+            task.configure(&mut raw);
+            assert_eq!(raw.batch.micro * raw.batch.accumulation, 8, "{}", task.name);
+            let long = task.max_length > LONG_SEQUENCE;
+            assert_eq!(raw.batch.micro, if long { 2 } else { 8 }, "{}", task.name);
+        }
+    }
 }
