@@ -252,19 +252,22 @@ impl Trainer {
         let (micro, accum) = (self.plan.raw.batch.micro, self.plan.raw.batch.accumulation);
         let lr = lr_at(self.step, self.total_steps, self.plan.adamw.lr, self.plan.warmup, self.plan.decay);
         self.adapter.set_phase(Phase::Train);
+        let batching = data::Batching { micro, group_window: self.plan.raw.batch.group_by_length };
+        let batches: Vec<Vec<usize>> = (0..accum).map(|_| data::next_batch(&mut self.pos, &self.train_lens, batching, self.plan.raw.seed)).collect();
+        // A micro-batch whose every completion lies past max_length has nothing to learn; the
+        // step averages over the others.
+        let live = live_micro_batches(&batches, |i| self.data.train[i].weights.iter().any(|&w| w != 0));
         let (mut loss_sum, mut tokens) = (0.0, 0usize);
-        for m in 0..accum {
+        for &(m, idx) in &live {
             self.adapter.reseed(dropout_seed(self.plan.raw.seed, self.step, m));
-            let batching = data::Batching { micro, group_window: self.plan.raw.batch.group_by_length };
-            let idx = data::next_batch(&mut self.pos, &self.train_lens, batching, self.plan.raw.seed);
             let seqs: Vec<&Sequence> = idx.iter().map(|&i| &self.data.train[i]).collect();
             let (x, _) = data::collate(&seqs, &Device::Cpu)?;
             tokens += x.elem_count();
-            let h = self.top_layers(SplitIndex::Train, &idx, &x)?;
+            let h = self.top_layers(SplitIndex::Train, idx, &x)?;
             let pos = Positions::of(&seqs, x.dim(1)?, Completions::Skip);
             let loss = head_outputs(&self.model, &h, &pos)?.loss;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            let grads = (loss / accum as f64)?.backward()?;
+            let grads = (loss / live.len() as f64)?.backward()?;
             self.adapter.after_backward(&grads)?;
         }
         let grad_norm = self.adapter.grad_sq_norm()?.sqrt();
@@ -276,7 +279,7 @@ impl Trainer {
         let report = self.device.report();
         Ok(Metrics {
             step: self.step,
-            loss: loss_sum / accum as f64,
+            loss: loss_sum / live.len() as f64,
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64().max(1e-9),
@@ -601,4 +604,27 @@ fn truncate_metrics(path: &std::path::Path, step: u64) -> Result<()> {
         out.push('\n');
     }
     super::state::write_atomic(path, out.as_bytes())
+}
+
+/// The micro-batches of a step (with their index in the step) that hold at least one sequence
+/// with a loss target (`has_target(sequence)`); when none does, the first one, so the forward
+/// reports the empty batch as an error.
+fn live_micro_batches(batches: &[Vec<usize>], has_target: impl Fn(usize) -> bool) -> Vec<(usize, &Vec<usize>)> {
+    let live: Vec<(usize, &Vec<usize>)> = batches.iter().enumerate().filter(|(_, idx)| idx.iter().any(|&i| has_target(i))).collect();
+    if live.is_empty() { batches.iter().enumerate().take(1).collect() } else { live }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batches_without_loss_targets_are_skipped_unless_all_are_empty() {
+        let batches = vec![vec![0, 1], vec![2, 3], vec![4, 5]];
+        let live = live_micro_batches(&batches, |i| i == 0 || i == 5);
+        assert_eq!(live.iter().map(|(m, _)| *m).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(live_micro_batches(&batches, |_| true).len(), 3);
+        let none = live_micro_batches(&batches, |_| false);
+        assert_eq!(none.iter().map(|(m, _)| *m).collect::<Vec<_>>(), [0], "all empty: the first goes on to the error");
+    }
 }
