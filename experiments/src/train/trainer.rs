@@ -394,10 +394,16 @@ impl Trainer {
         for chunk in idx.chunks(batch) {
             let refs: Vec<&Sequence> = chunk.iter().map(|&i| &seqs[i]).collect();
             let (x, _) = data::collate(&refs, &Device::Cpu)?;
+            let pos = Positions::of(&refs, x.dim(1)?, Completions::Include);
+            if pos.loss.is_empty() {
+                // Every completion lies past max_length: nothing to score, and none can be
+                // reproduced, so these sequences stay misses and add no loss.
+                continue;
+            }
             let h0 = prefix.input(&self.model, chunk, &x)?;
             let h = run_layers(&self.model, &h0, prefix.start()..self.model.layers.len(), self.adapter.hook())?;
             self.adapter.discard_forward();
-            let out = head_outputs(&self.model, &h, &Positions::of(&refs, x.dim(1)?, Completions::Include))?;
+            let out = head_outputs(&self.model, &h, &pos)?;
             loss += out.loss.to_scalar::<f32>()? as f64;
             batches += 1;
             for (&i, e) in chunk.iter().zip(out.exact) {
