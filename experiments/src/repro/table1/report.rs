@@ -63,7 +63,7 @@ fn setup_text(r: &Results) -> String {
          to its top-{} through {} Key-Experts (top-{} probed) and fits its device working set C and its gates to the same budget; when a micro-batch's union \
          exceeds C, the lowest-scoring rows are dropped (fraction reported). PA-2× is a dense PA as large as MEFT's host adapter (the paper's 48 GB row) and \
          full FT trains every projection of the adapted layers (norms frozen): neither fits the budget, and their device bytes are shown. \
-         LoRA-FFN, PA-2× and full FT run on {}; \"-\" marks a cell this profile does not run. \
+         LoRA-FFN, PA-2× and full FT run on {}; \"-\" marks a cell this profile skips. \
          Teacher-forced EM = greedy decoding reproduces the first answer exactly (computed on every fact; identical to greedy decoding's exact match). \
          One seed unless a cell says n = 3; the intervals are 95 % (Student's t).\n\n",
         s.adapted_layers, s.facts, s.epochs, s.micro, r.lr, s.pa_neurons, 100.0 * r.pa_fraction, budgets.join("; "), s.meft_neurons,
