@@ -92,18 +92,16 @@ impl AdapterHook for FullDelta {
         let mut shape = x.dims().to_vec();
         let rows = x.reshape(((), fan_in))?;
         let eval = self.eval.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let y = match (eval.as_ref(), self.uses_bf16()) {
-            (Some(packed), true) => {
-                let frozen = dw.as_tensor().detach();
-                let weight = match packed.get(index) {
-                    Some(w) => w.clone(),
-                    None => Arc::new(Bf16Weight::new(&frozen)?),
-                };
-                bf16_product(&rows, &frozen, weight)?
-            }
-            (Some(_), false) => rows.to_dtype(dw.dtype())?.matmul(&dw.as_tensor().detach().t()?)?,
-            (None, true) => bf16_product(&rows, dw.as_tensor(), Arc::new(Bf16Weight::new(&dw.as_tensor().detach())?))?,
-            (None, false) => rows.to_dtype(dw.dtype())?.matmul(&dw.as_tensor().t()?)?,
+        // Evaluation multiplies the frozen values: the product joins no autograd graph.
+        let dw = if eval.is_some() { dw.as_tensor().detach() } else { dw.as_tensor().clone() };
+        let y = if self.uses_bf16() {
+            let weight = match eval.as_ref().and_then(|packed| packed.get(index)) {
+                Some(packed) => packed.clone(),
+                None => Arc::new(Bf16Weight::new(&dw.detach())?),
+            };
+            rows.to_dtype(DType::F32)?.contiguous()?.apply_op2(&dw, DeltaProduct { weight })?
+        } else {
+            rows.to_dtype(dw.dtype())?.matmul(&dw.t()?)?
         };
         if let Some(last) = shape.last_mut() {
             *last = y.dim(1)?;
@@ -120,11 +118,6 @@ impl Trainable for FullDelta {
     fn vars(&self) -> Vec<(String, Var)> {
         self.deltas.iter().map(|(l, s, v)| (format!("layers.{l}.{}.delta", format!("{s:?}").to_lowercase()), v.clone())).collect()
     }
-}
-
-/// `rows·ΔWᵀ` through [`DeltaProduct`] with `weight`, the bf16 companion of `dw`.
-fn bf16_product(rows: &Tensor, dw: &Tensor, weight: Arc<Bf16Weight>) -> Result<Tensor> {
-    rows.to_dtype(DType::F32)?.contiguous()?.apply_op2(dw, DeltaProduct { weight })
 }
 
 /// `x·ΔWᵀ` for rows `x` on the bf16 kernels, with both gradients: `g·ΔW` to `x` and `gᵀ·x`
