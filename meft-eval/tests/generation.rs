@@ -163,6 +163,7 @@ fn config(decoding: Decoding, max_new_tokens: usize, penalty: f32) -> EvalConfig
                 ..Default::default()
             },
         },
+        batch: 1,
     }
 }
 
@@ -353,6 +354,48 @@ fn outputs_round_trip_json_and_hdf5() {
 }
 
 #[test]
+fn greedy_groups_of_any_size_give_the_predictions_of_one_at_a_time() {
+    let t = tiny();
+    let examples = nq_fixture();
+    let evaluator = Evaluator {
+        model: &t.model,
+        tokenizer: &t.tokenizer,
+        template: &t.template,
+        hook: &NoAdapters,
+        after_forward: None,
+    };
+    let run = |batch: usize| {
+        let cfg = EvalConfig {
+            batch,
+            ..config(Decoding::Greedy, 12, 1.3)
+        };
+        let mut seen = Vec::new();
+        let e = evaluator
+            .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |i, n| {
+                seen.push((i, n))
+            })
+            .unwrap();
+        let tokens: Vec<usize> = e.generations.iter().map(|g| g.new_tokens).collect();
+        (e.report.examples, tokens, seen)
+    };
+    let (alone, alone_tokens, _) = run(1);
+    for batch in [2, 3, 8] {
+        let (together, tokens, seen) = run(batch);
+        assert_eq!(together, alone, "batch {batch}: predictions differ");
+        assert_eq!(tokens, alone_tokens, "batch {batch}: token counts differ");
+        assert_eq!(seen.last(), Some(&(3, 3)), "batch {batch}: progress");
+    }
+    let zero = EvalConfig {
+        batch: 0,
+        ..config(Decoding::Greedy, 12, 1.0)
+    };
+    let err = evaluator
+        .evaluate(&Dataset::NqOpen, &examples, &zero, &mut |_, _| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("batch"), "{err}");
+}
+
+#[test]
 fn real_smollm2_greedy_on_five_nq_questions() {
     let (Some(model_path), Some(data)) = (
         meft_assets::require_model("smollm2-135m-instruct"),
@@ -383,6 +426,25 @@ fn real_smollm2_greedy_on_five_nq_questions() {
         .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {})
         .unwrap();
     assert_eq!(evaluation.report.n_scored, 5);
+    let batched = EvalConfig {
+        batch: 5,
+        ..cfg.clone()
+    };
+    let together = evaluator
+        .evaluate(&Dataset::NqOpen, &examples, &batched, &mut |_, _| {})
+        .unwrap();
+    let texts = |e: &meft_eval::Evaluation| -> Vec<Option<String>> {
+        e.report
+            .examples
+            .iter()
+            .map(|r| r.prediction.clone())
+            .collect()
+    };
+    assert_eq!(
+        texts(&together),
+        texts(&evaluation),
+        "five questions side by side vs one at a time"
+    );
     for r in &evaluation.report.examples {
         let text = r.prediction.as_deref().unwrap();
         assert!(

@@ -445,3 +445,71 @@ fn temperature_sampler_follows_the_distribution() {
     assert!((frac - 0.75).abs() < 0.03, "P(token 1) ≈ 0.75, got {frac}");
     assert!(s.sample(&[f32::NAN]).is_err());
 }
+
+/// `forward_step_batch` over sequences of different cached lengths gives each sequence the
+/// logits and cache length of stepping it alone with `forward_cached_last` (f32: elementwise
+/// 1e-5; bf16: 1e-2 of the norm, room for one-ulp bf16 rounding flips), with no adapters and
+/// with adapters on every projection and FFN (row-independent hooks).
+#[test]
+fn batched_decoding_step_equals_each_sequence_stepped_alone() {
+    use meft_models::ops::FrozenPrecision;
+    for case in CASES {
+        for precision in [FrozenPrecision::F32, FrozenPrecision::Bf16] {
+            let mut model = model(case, OpPath::Fused);
+            model.set_frozen_precision(precision).unwrap();
+            let cfg = &model.config;
+            let (d, f, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim);
+            let randn = |shape: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &Device::Cpu).unwrap()).unwrap();
+            let sites = [(LinearSite::Query, d), (LinearSite::Key, kv), (LinearSite::Value, kv), (LinearSite::Output, d), (LinearSite::Gate, f), (LinearSite::Up, f), (LinearSite::Down, d)];
+            let adapters = TestAdapters {
+                ffn: (0..cfg.num_hidden_layers).map(|_| (randn(&[d, 8]), randn(&[8, d]))).collect(),
+                linear: (0..cfg.num_hidden_layers).flat_map(|l| sites.map(|(s, w)| ((l, s), randn(&[1, w])))).collect(),
+            };
+            let hooks: [&dyn AdapterHook; 2] = [&NoAdapters, &adapters];
+            let toks: Vec<u32> = tokens(case).get(0).unwrap().to_vec1().unwrap();
+            for hook in hooks {
+                let prefill = |len: usize| {
+                    let mut cache = KvCache::new(model.layers.len());
+                    let ids = Tensor::from_slice(&toks[..len], (1, len), &Device::Cpu).unwrap();
+                    model.forward_cached_last(&ids, &mut cache, hook).unwrap();
+                    cache
+                };
+                let lens = [2usize, 5, 3];
+                let mut alone: Vec<KvCache> = lens.iter().map(|&l| prefill(l)).collect();
+                let mut together: Vec<KvCache> = lens.iter().map(|&l| prefill(l)).collect();
+                for step in 0..2 {
+                    let next: Vec<u32> = lens.iter().map(|&l| toks[l + step]).collect();
+                    let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
+                    let batched = model.forward_step_batch(&next, &mut refs, hook).unwrap();
+                    for (i, cache) in alone.iter_mut().enumerate() {
+                        let ids = Tensor::from_slice(&next[i..=i], (1, 1), &Device::Cpu).unwrap();
+                        let want = model.forward_cached_last(&ids, cache, hook).unwrap();
+                        let got = batched.narrow(0, i, 1).unwrap();
+                        let what = format!("{case} {precision:?} step {step} sequence {i}");
+                        match precision {
+                            FrozenPrecision::F32 => assert_rel_close(&what, &got, &want, 1e-5),
+                            // A matmul input an f32 ulp apart (another row blocking) may round to a
+                            // bf16 one ulp (2⁻⁸) apart, which moves the logits by about 3e-3 of
+                            // their norm; a wrong row would move them by O(1).
+                            FrozenPrecision::Bf16 => assert_norm_close(&what, &got, &want, 1e-2),
+                        }
+                        assert_eq!(together[i].len(), cache.len(), "{case}: sequence {i} cache length");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batched_decoding_step_rejects_mismatched_tokens_and_caches() {
+    let model = model("llama_tiny", OpPath::Fused);
+    let mut a = KvCache::new(model.layers.len());
+    let mut wrong = KvCache::new(model.layers.len() + 1);
+    let err = model.forward_step_batch(&[1, 2], &mut [&mut a], &NoAdapters).unwrap_err();
+    assert!(err.to_string().contains("2 tokens for 1 caches"), "{err}");
+    let err = model.forward_step_batch(&[], &mut [], &NoAdapters).unwrap_err();
+    assert!(err.to_string().contains("at least one"), "{err}");
+    let err = model.forward_step_batch(&[1], &mut [&mut wrong], &NoAdapters).unwrap_err();
+    assert!(err.to_string().contains("layers"), "{err}");
+}

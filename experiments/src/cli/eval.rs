@@ -73,6 +73,11 @@ pub struct EvalArgs {
     /// Most new tokens per answer.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
+    /// Rows per decoding forward: examples decoded side by side (greedy) or the beams of one
+    /// example (beam search); the answers are those of decoding each alone. A MEFT adapter
+    /// uses 1: its device working set is shared by the rows of a forward call.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     /// Directory for results.json and predictions.h5.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -88,7 +93,7 @@ pub enum Scope {
 }
 
 impl EvalArgs {
-    fn config(&self) -> EvalConfig {
+    fn config(&self, batch: usize) -> EvalConfig {
         let decoding = match self.beam {
             0 | 1 => Decoding::Greedy,
             width => Decoding::Beam {
@@ -109,6 +114,7 @@ impl EvalArgs {
                     scope,
                 },
             },
+            batch,
         }
     }
 
@@ -210,7 +216,11 @@ fn generate(
     if let Some(n) = args.limit {
         examples.truncate(n);
     }
-    let config = args.config();
+    let batch = match &adapter {
+        Some(a) => a.generation_batch(args.batch as usize),
+        None => args.batch as usize,
+    };
+    let config = args.config(batch);
     let release = || {
         if let Some(a) = &adapter {
             a.discard_forward();

@@ -57,17 +57,21 @@ pub fn generate(trainer: &Trainer, inputs: &Inputs, set: &GenSet) -> Result<GenS
     let adapter = trainer.adapter();
     adapter.set_phase(Phase::Eval);
     let after = || adapter.discard_forward();
-    let scores = answer(inputs, adapter.hook(), Some(&after), set);
+    let scores = answer(inputs, adapter.hook(), Some(&after), adapter.generation_batch(GENERATION_BATCH), set);
     adapter.set_phase(Phase::Train);
     scores
 }
 
+/// Rows per decoding forward (greedy examples side by side, or beams), for adapters whose rows
+/// are independent.
+pub const GENERATION_BATCH: usize = 8;
+
 /// Answers `set` with the frozen model of `inputs` and `hook` (`after_forward` runs after each
-/// forward call) and scores the answers.
-pub fn answer(inputs: &Inputs, hook: &dyn meft_core::AdapterHook, after_forward: Option<&dyn Fn()>, set: &GenSet) -> Result<GenScores> {
+/// forward call), `batch` examples side by side, and scores the answers.
+pub fn answer(inputs: &Inputs, hook: &dyn meft_core::AdapterHook, after_forward: Option<&dyn Fn()>, batch: usize, set: &GenSet) -> Result<GenScores> {
     let (tokenizer, template) = inputs.text().context("generation needs a model with a tokenizer")?;
     let evaluator = Evaluator { model: inputs.model(), tokenizer, template, hook, after_forward };
-    let config = EvalConfig { decode: set.decode.clone() };
+    let config = EvalConfig { decode: set.decode.clone(), batch };
     let eval = evaluator.evaluate(&set.dataset, &set.examples, &config, &mut |_, _| {})?;
     let report = &eval.report;
     let mut metrics = BTreeMap::new();

@@ -93,7 +93,7 @@ impl TrainedRouting {
             keys.push(arena.params().chunks(2 * d).flat_map(|row| row[..d].iter().copied()).collect::<Vec<f32>>());
             gates.push(meft_router::init_gates(&arena.keys()?, &self.layout)?);
         }
-        Ok(Self { keys, gates, layers: self.layers.clone(), layout: self.layout.clone(), inputs: self.inputs.clone(), seq_lens: self.seq_lens.clone(), ..*self })
+        Ok(Self { keys, gates, layers: self.layers.clone(), layout: self.layout, inputs: self.inputs.clone(), seq_lens: self.seq_lens.clone(), ..*self })
     }
 
     fn route_inputs<'a>(&'a self, layer: usize, rows: std::ops::Range<usize>) -> Result<RouteInputs<'a>> {

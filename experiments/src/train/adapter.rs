@@ -73,6 +73,23 @@ pub trait TrainableAdapter {
         None
     }
 
+    /// Restores the ledger a checkpoint saved (see [`Self::ledger`]); a no-op for adapters
+    /// without one.
+    fn restore_ledger(&mut self, _ledger: meft_offload::Ledger) {}
+
+    /// Whether the rows of one forward call share a device capacity (MEFT's working set C),
+    /// so that batching independent sequences could change what each one gets; such an adapter
+    /// decodes one sequence at a time.
+    fn shares_capacity_across_rows(&self) -> bool {
+        false
+    }
+
+    /// Sequences to decode side by side with this adapter: `batch`, or 1 when rows share a
+    /// capacity.
+    fn generation_batch(&self, batch: usize) -> usize {
+        if self.shares_capacity_across_rows() { 1 } else { batch }
+    }
+
     /// Loads exported parameters (optimizer state reset): every exported name must exist.
     fn load_params(&mut self, params: &StateMap) -> Result<()> {
         let mut full = self.state()?;
@@ -214,6 +231,10 @@ impl TrainableAdapter for MeftTrainable {
         &self.adapter
     }
 
+    fn shares_capacity_across_rows(&self) -> bool {
+        true
+    }
+
     fn set_phase(&self, _phase: Phase) {}
 
     fn after_backward(&mut self, grads: &GradStore) -> Result<()> {
@@ -226,6 +247,10 @@ impl TrainableAdapter for MeftTrainable {
 
     fn ledger(&self) -> Option<&meft_offload::Ledger> {
         Some(self.adapter.ledger())
+    }
+
+    fn restore_ledger(&mut self, ledger: meft_offload::Ledger) {
+        self.adapter.restore_ledger(ledger);
     }
 
     fn grad_sq_norm(&self) -> Result<f64> {

@@ -32,6 +32,16 @@ pub trait Stepper {
     fn start(&self, prompt: &[u32]) -> Result<(Self::State, Vec<f32>)>;
     /// Feeds `token` after `state`; returns the logits of the token after it.
     fn step(&self, state: &mut Self::State, token: u32) -> Result<Vec<f32>>;
+    /// Feeds `tokens[i]` after `states[i]` for every `i`; returns each one's next logits, as
+    /// [`Stepper::step`] of each alone would. The default steps them one at a time; a model
+    /// overrides it to run the rows as one batch.
+    fn step_many(&self, states: &mut [&mut Self::State], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        states
+            .iter_mut()
+            .zip(tokens)
+            .map(|(s, &t)| self.step(s, t))
+            .collect()
+    }
 }
 
 /// Which tokens the repetition penalty counts.
@@ -219,26 +229,89 @@ pub fn greedy<S: Stepper>(
         stop: StopReason::MaxNewTokens,
         log_prob: 0.0,
     };
-    while out.tokens.len() < config.max_new_tokens {
-        let lp = log_probs(&logits, &config.repetition_penalty, prompt, &out.tokens)?;
-        let mut best = 0;
-        for (i, v) in lp.iter().enumerate() {
-            if *v > lp[best] {
-                best = i;
-            }
-        }
-        let token = best as u32;
-        out.tokens.push(token);
-        out.log_prob += lp[best];
-        if stop_tokens.contains(&token) {
-            out.stop = StopReason::StopToken;
-            break;
-        }
-        if out.tokens.len() < config.max_new_tokens {
-            logits = stepper.step(&mut state, token)?;
-        }
+    while greedy_pick(&mut out, &logits, prompt, config, stop_tokens)? {
+        logits = stepper.step(&mut state, *out.tokens.last().expect("a token was picked"))?;
     }
     Ok(out)
+}
+
+/// Appends the greedy choice of `logits` to `out`; returns whether decoding goes on (no stop
+/// token and fewer than `max_new_tokens` so far), in which case the choice must be fed next.
+fn greedy_pick(
+    out: &mut Decoded,
+    logits: &[f32],
+    prompt: &[u32],
+    config: &DecodeConfig,
+    stop_tokens: &[u32],
+) -> Result<bool> {
+    let lp = log_probs(logits, &config.repetition_penalty, prompt, &out.tokens)?;
+    let mut best = 0;
+    for (i, v) in lp.iter().enumerate() {
+        if *v > lp[best] {
+            best = i;
+        }
+    }
+    let token = best as u32;
+    out.tokens.push(token);
+    out.log_prob += lp[best];
+    if stop_tokens.contains(&token) {
+        out.stop = StopReason::StopToken;
+        return Ok(false);
+    }
+    Ok(out.tokens.len() < config.max_new_tokens)
+}
+
+/// [`greedy`] of every prompt, the unfinished ones stepped side by side with
+/// [`Stepper::step_many`]; the answers are [`greedy`]'s of each prompt alone.
+pub fn greedy_many<S: Stepper>(
+    stepper: &S,
+    prompts: &[Vec<u32>],
+    config: &DecodeConfig,
+    stop_tokens: &[u32],
+) -> Result<Vec<Decoded>> {
+    config.validate()?;
+    let mut states = Vec::with_capacity(prompts.len());
+    let mut logits = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let (state, first) = stepper.start(prompt)?;
+        states.push(state);
+        logits.push(first);
+    }
+    let mut outs: Vec<Decoded> = prompts
+        .iter()
+        .map(|_| Decoded {
+            tokens: Vec::new(),
+            stop: StopReason::MaxNewTokens,
+            log_prob: 0.0,
+        })
+        .collect();
+    let mut live: Vec<usize> = (0..prompts.len()).collect();
+    while !live.is_empty() {
+        let mut going = Vec::with_capacity(live.len());
+        for &i in &live {
+            if greedy_pick(&mut outs[i], &logits[i], &prompts[i], config, stop_tokens)? {
+                going.push(i);
+            }
+        }
+        live = going;
+        if live.is_empty() {
+            break;
+        }
+        let fed: Vec<u32> = live
+            .iter()
+            .map(|&i| *outs[i].tokens.last().expect("picked"))
+            .collect();
+        let mut refs: Vec<&mut S::State> = states
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| live.binary_search(i).is_ok())
+            .map(|(_, s)| s)
+            .collect();
+        for (&i, next) in live.iter().zip(stepper.step_many(&mut refs, &fed)?) {
+            logits[i] = next;
+        }
+    }
+    Ok(outs)
 }
 
 /// `sum / len^alpha` (the ranking score of a finished hypothesis).
@@ -328,7 +401,7 @@ pub fn beam_search<S: Stepper>(
             break;
         }
         let last = step + 1 == config.max_new_tokens;
-        let mut next = Vec::with_capacity(chosen.len());
+        let mut grown = Vec::with_capacity(chosen.len());
         for (sum, b, token) in chosen {
             let mut tokens = live[b].tokens.clone();
             tokens.push(token);
@@ -338,23 +411,47 @@ pub fn beam_search<S: Stepper>(
                     stop: StopReason::MaxNewTokens,
                     log_prob: sum,
                 });
-                continue;
+            } else {
+                grown.push((tokens, sum, live[b].state.clone(), token));
             }
-            let mut state = live[b].state.clone();
-            let logits = stepper.step(&mut state, token)?;
-            next.push(Beam {
-                tokens,
-                sum,
-                state,
-                logits,
-            });
         }
-        live = next;
+        live = step_beams(stepper, grown)?;
         if live.is_empty() {
             break;
         }
     }
     best_of(finished, length_penalty)
+}
+
+/// The beams `(tokens, sum, state before the last token, last token)`, their last tokens fed
+/// side by side with [`Stepper::step_many`].
+fn step_beams<S: Stepper>(
+    stepper: &S,
+    grown: Vec<(Vec<u32>, f64, S::State, u32)>,
+) -> Result<Vec<Beam<S::State>>> {
+    if grown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fed: Vec<u32> = grown.iter().map(|g| g.3).collect();
+    let mut states: Vec<S::State> = Vec::with_capacity(grown.len());
+    let mut heads = Vec::with_capacity(grown.len());
+    for (tokens, sum, state, _) in grown {
+        states.push(state);
+        heads.push((tokens, sum));
+    }
+    let mut refs: Vec<&mut S::State> = states.iter_mut().collect();
+    let logits = stepper.step_many(&mut refs, &fed)?;
+    Ok(heads
+        .into_iter()
+        .zip(states)
+        .zip(logits)
+        .map(|(((tokens, sum), state), logits)| Beam {
+            tokens,
+            sum,
+            state,
+            logits,
+        })
+        .collect())
 }
 
 /// The hypothesis with the best normalised score (first one on ties).

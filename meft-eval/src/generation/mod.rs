@@ -7,8 +7,12 @@
 //! - [`output`]: the results JSON and the HDF5 per-example tables of an evaluation.
 //!
 //! A prediction is the decoded text of the new tokens without the final stop token, trimmed of
-//! surrounding whitespace. Examples are generated one at a time, in dataset order, so a run is
-//! deterministic for a given model, adapter and configuration.
+//! surrounding whitespace. Greedy decoding answers [`EvalConfig::batch`] examples side by side
+//! (one batched forward per step, [`decode::greedy_many`]); beam search answers one example at
+//! a time with its beams batched (at most [`EvalConfig::batch`] rows per forward). Either way
+//! each answer is the one decoding it alone gives (up to float rounding of the batched matmuls)
+//! for adapters that treat rows independently, and a run is deterministic for a given model,
+//! adapter and configuration.
 
 pub mod decode;
 pub mod model;
@@ -37,6 +41,29 @@ use crate::score::{Coverage, Metric, Report, score_examples};
 pub struct EvalConfig {
     /// How replies are decoded.
     pub decode: DecodeConfig,
+    /// Rows per decoding forward: examples decoded side by side by greedy decoding, or the
+    /// beams of one example in beam search (1 = one row per forward). An adapter whose device
+    /// capacity is shared by the rows of a forward call (MEFT's working set) should use 1, so
+    /// that batching cannot drop selections that decoding alone keeps.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_batch() -> usize {
+    8
+}
+
+impl EvalConfig {
+    /// Checks the decoding settings and the batch size, naming the setting to fix.
+    pub fn validate(&self) -> Result<()> {
+        self.decode.validate()?;
+        if self.batch == 0 {
+            return Err(crate::EvalError::Decode {
+                problem: "the generation batch must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for EvalConfig {
@@ -49,6 +76,7 @@ impl Default for EvalConfig {
                 max_new_tokens: 64,
                 repetition_penalty: RepetitionPenalty::default(),
             },
+            batch: default_batch(),
         }
     }
 }
@@ -66,7 +94,8 @@ pub struct Generation {
     pub stop: StopReason,
     /// Sum of the (penalised) log-probabilities of the new tokens, in nats.
     pub log_prob: f64,
-    /// Seconds spent on this example (prompt and generation).
+    /// Seconds spent on this example (prompt and generation; in a batch, an equal share of the
+    /// batch's time).
     pub seconds: f64,
 }
 
@@ -110,26 +139,52 @@ impl Evaluator<'_> {
         let prompt = self
             .tokenizer
             .encode(&render(example, self.template).prompt)?;
-        let stepper = LlamaStepper {
+        let decoded = decode::decode(&self.stepper(config), &prompt, &config.decode, &stops)?;
+        let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
+        let seconds = start.elapsed().as_secs_f64();
+        Ok((text, generation(example, prompt.len(), &decoded, seconds)))
+    }
+
+    /// The replies to `examples`, greedy ones decoded side by side (see the module doc).
+    pub fn answer_many(
+        &self,
+        examples: &[Example],
+        config: &EvalConfig,
+    ) -> Result<Vec<(String, Generation)>> {
+        if config.decode.decoding != Decoding::Greedy || examples.len() == 1 {
+            return examples.iter().map(|e| self.answer(e, config)).collect();
+        }
+        let start = Instant::now();
+        let stops = stop_tokens(self.tokenizer, self.template)?;
+        let prompts = examples
+            .iter()
+            .map(|e| Ok(self.tokenizer.encode(&render(e, self.template).prompt)?))
+            .collect::<Result<Vec<_>>>()?;
+        let decoded = decode::greedy_many(&self.stepper(config), &prompts, &config.decode, &stops)?;
+        // One batch: each example is charged an equal share of its wall time.
+        let seconds = start.elapsed().as_secs_f64() / examples.len() as f64;
+        examples
+            .iter()
+            .zip(prompts)
+            .zip(decoded)
+            .map(|((example, prompt), decoded)| {
+                let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
+                Ok((text, generation(example, prompt.len(), &decoded, seconds)))
+            })
+            .collect()
+    }
+
+    fn stepper(&self, config: &EvalConfig) -> LlamaStepper<'_> {
+        LlamaStepper {
             model: self.model,
             hook: self.hook,
             after_forward: self.after_forward,
-        };
-        let decoded = decode::decode(&stepper, &prompt, &config.decode, &stops)?;
-        let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
-        let generation = Generation {
-            id: example.id().to_owned(),
-            prompt_tokens: prompt.len(),
-            new_tokens: decoded.tokens.len(),
-            stop: decoded.stop,
-            log_prob: decoded.log_prob,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        Ok((text, generation))
+            rows: config.batch,
+        }
     }
 
     /// Answers every example of `examples` (from `dataset`) and scores the answers with the
-    /// dataset's metric; `on_done(i, n)` is called after each example.
+    /// dataset's metric; `on_done(i, n)` is called after each batch of examples.
     pub fn evaluate(
         &self,
         dataset: &Dataset,
@@ -137,15 +192,16 @@ impl Evaluator<'_> {
         config: &EvalConfig,
         on_done: &mut dyn FnMut(usize, usize),
     ) -> Result<Evaluation> {
-        config.decode.validate()?;
+        config.validate()?;
         let start = Instant::now();
         let mut texts = Vec::with_capacity(examples.len());
         let mut generations = Vec::with_capacity(examples.len());
-        for (i, example) in examples.iter().enumerate() {
-            let (text, generation) = self.answer(example, config)?;
-            texts.push(text);
-            generations.push(generation);
-            on_done(i + 1, examples.len());
+        for chunk in examples.chunks(config.batch) {
+            for (text, generation) in self.answer_many(chunk, config)? {
+                texts.push(text);
+                generations.push(generation);
+            }
+            on_done(texts.len(), examples.len());
         }
         let predictions: HashMap<&str, &str> = examples
             .iter()
@@ -164,6 +220,23 @@ impl Evaluator<'_> {
             generations,
             wall_seconds: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// The generation facts of one decoded example.
+fn generation(
+    example: &Example,
+    prompt_tokens: usize,
+    decoded: &Decoded,
+    seconds: f64,
+) -> Generation {
+    Generation {
+        id: example.id().to_owned(),
+        prompt_tokens,
+        new_tokens: decoded.tokens.len(),
+        stop: decoded.stop,
+        log_prob: decoded.log_prob,
+        seconds,
     }
 }
 

@@ -20,26 +20,35 @@ pub struct LlamaStepper<'a> {
     /// Called after every forward call: an adapter that records each forward for a backward
     /// (MEFT's routing and working set) drops that record here. `None` when nothing to drop.
     pub after_forward: Option<&'a dyn Fn()>,
+    /// Most rows one batched step may hold ([`Stepper::step_many`] runs larger sets in groups
+    /// of this size; 1 = one forward per row).
+    pub rows: usize,
 }
 
 impl LlamaStepper<'_> {
+    /// The next-token logits after `tokens` fed onto `cache` (the head on the last position only).
     fn run(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let device = self.model.embed_tokens.device();
         let ids = Tensor::from_slice(tokens, (1, tokens.len()), device)
             .map_err(meft_models::ModelError::from)?;
-        let logits = self.model.forward_cached(&ids, cache, self.hook);
+        let logits = self.model.forward_cached_last(&ids, cache, self.hook);
+        self.release();
+        Ok(rows(&logits?)?.remove(0))
+    }
+
+    fn release(&self) {
         if let Some(release) = self.after_forward {
             release();
         }
-        let logits = logits?;
-        let last = logits
-            .narrow(1, tokens.len() - 1, 1)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_dtype(DType::F32))
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(meft_models::ModelError::from)?;
-        Ok(last)
     }
+}
+
+/// The rows of `(n, vocab)` logits as f32 vectors.
+fn rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(logits
+        .to_dtype(DType::F32)
+        .and_then(|t| t.to_vec2::<f32>())
+        .map_err(meft_models::ModelError::from)?)
 }
 
 impl Stepper for LlamaStepper<'_> {
@@ -58,6 +67,24 @@ impl Stepper for LlamaStepper<'_> {
 
     fn step(&self, cache: &mut KvCache, token: u32) -> Result<Vec<f32>> {
         self.run(&[token], cache)
+    }
+
+    /// One batched forward ([`Llama::forward_step_batch`]) per group of at most `rows` rows.
+    fn step_many(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(tokens.len());
+        for (group, fed) in caches
+            .chunks_mut(self.rows.max(1))
+            .zip(tokens.chunks(self.rows.max(1)))
+        {
+            if fed.len() == 1 {
+                out.push(self.step(group[0], fed[0])?);
+                continue;
+            }
+            let logits = self.model.forward_step_batch(fed, group, self.hook);
+            self.release();
+            out.extend(rows(&logits?)?);
+        }
+        Ok(out)
     }
 }
 

@@ -1,9 +1,12 @@
 //! Decoding properties on toy scorers: width 1 is greedy, a full-width beam equals exhaustive
-//! search, any beam is no better than exhaustive search, and the repetition penalty rule.
+//! search, any beam is no better than exhaustive search, greedy side by side equals greedy one
+//! by one, and the repetition penalty rule.
+
+use std::cell::Cell;
 
 use proptest::prelude::*;
 
-use super::decode::{beam_search, exhaustive_search, greedy};
+use super::decode::{beam_search, exhaustive_search, greedy, greedy_many};
 use super::*;
 
 /// Logits as a pseudo-random function of the whole sequence (hash of the tokens), so the best
@@ -44,6 +47,35 @@ impl Stepper for Toy {
     }
 }
 
+/// [`Toy`] whose `step_many` steps its rows in reverse order (a wrong row mapping shows) and
+/// remembers the widest batch it was given.
+struct Batching {
+    toy: Toy,
+    widest: Cell<usize>,
+}
+
+impl Stepper for Batching {
+    type State = Vec<u32>;
+
+    fn start(&self, prompt: &[u32]) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.toy.start(prompt)
+    }
+
+    fn step(&self, state: &mut Vec<u32>, token: u32) -> Result<Vec<f32>> {
+        self.toy.step(state, token)
+    }
+
+    fn step_many(&self, states: &mut [&mut Vec<u32>], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.widest.set(self.widest.get().max(tokens.len()));
+        let mut out: Vec<Vec<f32>> = Vec::with_capacity(tokens.len());
+        for (state, &t) in states.iter_mut().zip(tokens).rev() {
+            out.push(self.toy.step(state, t)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
 fn config(max_new_tokens: usize, penalty: f32, scope: PenaltyScope) -> DecodeConfig {
     DecodeConfig {
         decoding: Decoding::Greedy,
@@ -58,6 +90,25 @@ fn scope() -> impl Strategy<Value = PenaltyScope> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn greedy_side_by_side_equals_greedy_one_by_one(seed in any::<u64>(), vocab in 2usize..12, max_new in 1usize..8,
+                           penalty in 0.5f32..3.0, scope in scope(), stops in 0usize..3,
+                           prompts in prop::collection::vec(prop::collection::vec(0u32..12, 1..5), 1..6)) {
+        let prompts: Vec<Vec<u32>> = prompts.into_iter().map(|p| p.into_iter().map(|t| t % vocab as u32).collect()).collect();
+        let cfg = config(max_new, penalty, scope);
+        let stop_tokens: Vec<u32> = (0..stops as u32).collect();
+        let batching = Batching { toy: Toy { vocab, seed }, widest: Cell::new(0) };
+        let together = greedy_many(&batching, &prompts, &cfg, &stop_tokens).unwrap();
+        prop_assert_eq!(together.len(), prompts.len());
+        for (prompt, got) in prompts.iter().zip(&together) {
+            let alone = greedy(&batching.toy, prompt, &cfg, &stop_tokens).unwrap();
+            prop_assert_eq!(got, &alone);
+        }
+        if stops == 0 && max_new > 1 {
+            prop_assert_eq!(batching.widest.get(), prompts.len(), "every prompt is stepped in one batch");
+        }
+    }
 
     #[test]
     fn width_one_is_greedy(seed in any::<u64>(), vocab in 2usize..12, max_new in 1usize..8,

@@ -180,6 +180,21 @@ impl DecoderLayer {
         Ok((h_mid, x_ffn))
     }
 
+    /// One decoding step of `n` independent sequences (see [`SelfAttention`]'s row form): row `i`
+    /// of `h` is the newest position of sequence `i`, at `ctxs[i]`'s offset, over cache entry
+    /// `entries[i]`. Equals [`DecoderLayer::forward`] of each row alone with its cache, up to
+    /// float rounding, when the hook treats rows independently.
+    ///
+    /// # Shapes
+    /// `h`: `(n, 1, hidden)`; result likewise; `ctxs` and `entries` have `n` items.
+    pub fn forward_rows(&self, h: &Tensor, ctxs: &[LayerContext<'_>], entries: &mut [&mut Option<KvPair>]) -> Result<Tensor> {
+        let ctx = &ctxs[0];
+        let x = ops::rms_norm(h, &self.input_layernorm, self.eps, ctx.path)?;
+        let h_mid = self.self_attn.forward_rows_onto(&x, h, self.index, ctxs, entries)?;
+        let x_ffn = ops::rms_norm(&h_mid, &self.post_attention_layernorm, self.eps, ctx.path)?;
+        self.ffn_residual(&h_mid, &x_ffn, ctx)
+    }
+
     /// Builds (`Bf16`) or drops (`F32`) the bf16 companions of the layer's frozen projections.
     pub fn set_precision(&mut self, precision: FrozenPrecision) -> Result<()> {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
@@ -264,17 +279,51 @@ impl SelfAttention {
         ctx: &LayerContext<'_>,
         cache: Option<&mut Option<KvPair>>,
     ) -> Result<Tensor> {
+        let qkv = self.project_qkv(x, layer, ctx)?;
+        let out = self.attend(&qkv, ctx, cache)?;
+        project_onto(&out, (&self.o_proj, self.o_bf16.as_ref()), residual, layer, LinearSite::Output, ctx)
+    }
+
+    /// Q, K and V of `x` as one matmul of the packed weights, with the hook's terms.
+    fn project_qkv(&self, x: &Tensor, layer: usize, ctx: &LayerContext<'_>) -> Result<Tensor> {
         let sites = [(&self.q_proj, LinearSite::Query), (&self.k_proj, LinearSite::Key), (&self.v_proj, LinearSite::Value)];
-        let qkv = self.qkv.project(x, sites, layer, ctx)?;
-        let mut kv = ops::kv_heads(&qkv, &ctx.rope, self.rope_layout, self.dims, ctx.path)?;
+        self.qkv.project(x, sites, layer, ctx)
+    }
+
+    /// Attention of the packed `qkv` at `ctx`'s positions over the cached keys/values and its
+    /// own, extending the cache entry when given; the result is the output projection's input.
+    fn attend(&self, qkv: &Tensor, ctx: &LayerContext<'_>, cache: Option<&mut Option<KvPair>>) -> Result<Tensor> {
+        let mut kv = ops::kv_heads(qkv, &ctx.rope, self.rope_layout, self.dims, ctx.path)?;
         if let Some(entry) = cache {
             if let Some((k_old, v_old)) = entry.as_ref() {
                 kv = Tensor::cat(&[&Tensor::stack(&[k_old, v_old], 0)?, &kv], 3)?;
             }
             *entry = Some((kv.get(0)?, kv.get(1)?));
         }
-        let out = ops::attention(&qkv, &kv, &ctx.rope, self.rope_layout, self.dims, ctx.mask, ctx.path)?;
-        project_onto(&out, (&self.o_proj, self.o_bf16.as_ref()), residual, layer, LinearSite::Output, ctx)
+        ops::attention(qkv, &kv, &ctx.rope, self.rope_layout, self.dims, ctx.mask, ctx.path)
+    }
+
+    /// One new position for each of `n` independent sequences: row `i` of `x` attends at
+    /// `ctxs[i]`'s position over `entries[i]` (extended by it); the projections run once over
+    /// all rows (the hook sees the `n` rows together, with `ctxs[0]`'s hook and path).
+    ///
+    /// # Shapes
+    /// `x`, `residual`: `(n, 1, hidden)`; result likewise.
+    fn forward_rows_onto(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        layer: usize,
+        ctxs: &[LayerContext<'_>],
+        entries: &mut [&mut Option<KvPair>],
+    ) -> Result<Tensor> {
+        let qkv = self.project_qkv(x, layer, &ctxs[0])?;
+        let mut outs = Vec::with_capacity(ctxs.len());
+        for (i, (ctx, entry)) in ctxs.iter().zip(entries.iter_mut()).enumerate() {
+            outs.push(self.attend(&qkv.narrow(0, i, 1)?, ctx, Some(&mut **entry))?);
+        }
+        let out = Tensor::cat(&outs, 0)?;
+        project_onto(&out, (&self.o_proj, self.o_bf16.as_ref()), Some(residual), layer, LinearSite::Output, &ctxs[0])
     }
 }
 

@@ -192,6 +192,34 @@ impl Llama {
         Ok(self.head(&last, OpPath::Fused)?.squeeze(1)?)
     }
 
+    /// One decoding step of `tokens.len()` independent sequences: `tokens[i]` follows the
+    /// positions of `caches[i]` (each cache may hold a different length) and extends it. The
+    /// projections, FFNs and head run once over all rows; attention runs per sequence. Equals
+    /// [`Llama::forward_cached_last`] of each token alone, up to float rounding, for hooks that
+    /// treat rows independently (an adapter whose device capacity is shared by the rows of a
+    /// call, such as MEFT's working set, may drop more when rows are batched).
+    ///
+    /// # Shapes
+    /// result `(tokens.len(), vocab)`.
+    pub fn forward_step_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache], hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
+        let bad = |reason: String| Err(ModelError::InvalidInput { op: "forward_step_batch", reason });
+        if tokens.is_empty() || tokens.len() != caches.len() {
+            return bad(format!("{} tokens for {} caches: give one token per cache, at least one", tokens.len(), caches.len()));
+        }
+        if let Some(c) = caches.iter().find(|c| c.layers.len() != self.layers.len()) {
+            return bad(format!("a cache has {} layers, the model {}", c.layers.len(), self.layers.len()));
+        }
+        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), self.embed_tokens.device())?;
+        let mut h = self.embed(&ids)?;
+        let ctxs: Vec<LayerContext<'_>> = caches.iter().map(|c| self.context(hook, OpPath::Fused, c.len(), 1)).collect();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut entries: Vec<&mut Option<KvPair>> = caches.iter_mut().map(|c| &mut c.layers[l]).collect();
+            h = layer.forward_rows(&h, &ctxs, &mut entries)?;
+        }
+        caches.iter_mut().for_each(|c| c.advance(1));
+        Ok(self.head(&h, OpPath::Fused)?.squeeze(1)?)
+    }
+
     /// The decoder layers of [`Llama::forward_cached`], without the head.
     fn hidden_cached(&self, tokens: &Tensor, cache: &mut KvCache, hook: &dyn AdapterHook) -> Result<Tensor, ModelError> {
         if cache.layers.len() != self.layers.len() {
