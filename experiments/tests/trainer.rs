@@ -118,6 +118,29 @@ fn lora_with_dropout_resumes_bit_for_bit() {
     assert_eq!(final_state(a.path()), final_state(b.path()), "resumed LoRA state differs");
 }
 
+/// A MEFT run resumed from a checkpoint (mid-run, or the final one with nothing left to train)
+/// still holds the transfer ledger of every step: the checkpoint carries it.
+#[test]
+fn resumed_meft_run_keeps_the_ledger_of_every_step() {
+    let over = ["method='meft'", "checkpoint.every=6", "checkpoint.keep_last=2"];
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let mut whole = Trainer::new(plan(a.path(), &over).expect("plan")).expect("trainer");
+    whole.run().expect("run");
+    let bytes = |t: &Trainer| -> Vec<(u64, u64)> {
+        t.adapter().ledger().expect("MEFT has a ledger").steps.iter().map(|s| (s.step, s.moved_bytes())).collect()
+    };
+    let want = bytes(&whole);
+    assert_eq!(want.len(), 12);
+    let mut finished = Trainer::new(plan(a.path(), &over).expect("plan")).expect("trainer");
+    assert_eq!(finished.run().expect("reopen").resumed_from, 12);
+    assert_eq!(bytes(&finished), want, "reopened finished run");
+    Trainer::new(plan(b.path(), &over).expect("plan")).expect("trainer").run().expect("run");
+    std::fs::remove_file(checkpoint::dir(b.path()).join("ckpt-00000012.safetensors")).expect("drop the last checkpoint");
+    let mut resumed = Trainer::new(plan(b.path(), &over).expect("plan")).expect("trainer");
+    assert_eq!(resumed.run().expect("resume").resumed_from, 6);
+    assert_eq!(bytes(&resumed), want, "run resumed at step 6");
+}
+
 fn write_config(dir: &Path, out: &Path, steps: u64) -> std::path::PathBuf {
     let text = BASE.replace("OUT", &out.display().to_string()).replace("steps = 12", &format!("steps = {steps}"));
     let path = dir.join("run.toml");

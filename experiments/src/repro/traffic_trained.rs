@@ -37,10 +37,11 @@ pub struct TrainedTraffic {
     pub trained: Vec<UnionPoint>,
     /// |U| against B, the router before training.
     pub initial: Vec<UnionPoint>,
-    /// Adapter bytes per step the training ledger measured (capped at C).
-    pub ledger_bytes_per_step: f64,
-    /// Full-offload bytes per step.
-    pub full_offload_bytes_per_step: f64,
+    /// Adapter bytes per step the training ledger measured (capped at C); `None` when the run's
+    /// outcome carries no ledger.
+    pub ledger_bytes_per_step: Option<f64>,
+    /// Full-offload bytes per step (from the same ledger).
+    pub full_offload_bytes_per_step: Option<f64>,
 }
 
 impl TrainedTraffic {
@@ -59,7 +60,6 @@ pub fn measure(ctx: &Context, runner: &Runner) -> Result<TrainedTraffic> {
     let batches: Vec<usize> = [1, 2, 4, 8, 16, 32].into_iter().filter(|&b| b <= routing.seq_lens.len()).collect();
     let trained = routing.union_vs_batch(&batches)?;
     let initial = routing.initial(spec.raw.seed)?.union_vs_batch(&batches)?;
-    let facts = outcome.meft.unwrap_or(super::runs::MeftFacts { dropped_fraction: 0.0, mean_union_rows: 0.0, bytes_per_step: 0.0, full_offload_bytes_per_step: 0.0, route_ms_per_1k_tokens: 0.0 });
     let capacity = outcome.size.split("C = ").nth(1).and_then(|s| s.split(' ').next()).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok(TrainedTraffic {
         run: spec.key.clone(),
@@ -70,8 +70,8 @@ pub fn measure(ctx: &Context, runner: &Runner) -> Result<TrainedTraffic> {
         capacity,
         trained,
         initial,
-        ledger_bytes_per_step: facts.bytes_per_step,
-        full_offload_bytes_per_step: facts.full_offload_bytes_per_step,
+        ledger_bytes_per_step: outcome.meft.as_ref().map(|f| f.bytes_per_step),
+        full_offload_bytes_per_step: outcome.meft.as_ref().map(|f| f.full_offload_bytes_per_step),
     })
 }
 
@@ -84,10 +84,15 @@ pub fn markdown(t: &TrainedTraffic) -> String {
         .map(|(a, b)| vec![a.batch.to_string(), format!("{:.0}", a.tokens), format!("{:.0}", a.union_rows), format!("{:.3}", a.fraction), format!("{:.3}", b.fraction)])
         .collect();
     let mib = |b: f64| format!("{:.2}", b / 1048576.0);
-    let full = t.full_offload_bytes_per_step;
+    // Full offload moves every row of every adapted layer down and its gradient up.
+    let full = t.full_offload_bytes_per_step.unwrap_or(2.0 * (t.neurons * t.layers) as f64 * t.row_bytes as f64);
     let uncapped = t.uncapped_bytes_per_step();
+    let ledger = match t.ledger_bytes_per_step {
+        Some(b) => vec!["MEFT, training ledger (working set capped at C, measured)".into(), mib(b), mib(full), format!("{:.2}×", full / b.max(1.0)), format!("{PAPER_RATIO}× less")],
+        None => vec!["MEFT, training ledger (working set capped at C)".into(), "no ledger in the run's outcome".into(), mib(full), "-".into(), format!("{PAPER_RATIO}× less")],
+    };
     let bytes = vec![
-        vec!["MEFT, training ledger (working set capped at C, measured)".into(), mib(t.ledger_bytes_per_step), mib(full), format!("{:.2}×", full / t.ledger_bytes_per_step.max(1.0)), format!("{PAPER_RATIO}× less")],
+        ledger,
         vec![format!("MEFT, uncapped union of a micro-batch of {} (trained router, measured)", t.micro), mib(uncapped), mib(full), format!("{:.2}×", full / uncapped.max(1.0)), format!("{PAPER_RATIO}× less")],
     ];
     format!(

@@ -1,7 +1,7 @@
 //! Checkpoints: one safetensors file per saved step holding the adapter parameters and every
-//! optimizer state, with the trainer state (step, data position, config) as JSON metadata;
-//! written atomically, the last K kept. The exported adapter is `adapter.safetensors` (parameters
-//! only) plus `adapter.json` (what to rebuild it from).
+//! optimizer state, with the trainer state (step, data position, config, the offload ledger) as
+//! JSON metadata; written atomically, the last K kept. The exported adapter is
+//! `adapter.safetensors` (parameters only) plus `adapter.json` (what to rebuild it from).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,10 @@ pub struct TrainerState {
     pub position: DataPosition,
     /// The raw config as JSON (a resume with another config is refused).
     pub config: String,
+    /// The transfer ledger of the steps so far (offloaded adapters; absent in checkpoints
+    /// written before it was saved, which then resume with an empty ledger).
+    #[serde(default)]
+    pub ledger: Option<meft_offload::Ledger>,
 }
 
 const PREFIX: &str = "ckpt-";

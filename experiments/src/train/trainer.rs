@@ -201,6 +201,9 @@ impl Trainer {
             bail!("{} holds checkpoints of another config; use a new output_dir", out.display());
         }
         self.adapter.load_state(&tensors).context("restoring adapter and optimizer state")?;
+        if let Some(ledger) = state.ledger {
+            self.adapter.restore_ledger(ledger);
+        }
         (self.step, self.pos) = (state.step, state.position);
         truncate_metrics(&out.join("metrics.jsonl"), self.step)?;
         eprintln!("resuming from step {} ({})", self.step, checkpoint::dir(&out).display());
@@ -414,7 +417,8 @@ impl Trainer {
     }
 
     fn save_checkpoint(&self) -> Result<()> {
-        let state = TrainerState { step: self.step, total_steps: self.total_steps, position: self.pos, config: self.config_json()? };
+        let ledger = self.adapter.ledger().cloned();
+        let state = TrainerState { step: self.step, total_steps: self.total_steps, position: self.pos, config: self.config_json()?, ledger };
         checkpoint::save(&self.plan.output_dir, &self.adapter.state()?, &state, self.plan.raw.checkpoint.keep_last)?;
         Ok(())
     }

@@ -64,7 +64,7 @@ impl Plan {
         let headline = |t: &[&str]| t.iter().map(|s| s.to_string()).filter(|n| tasks.iter().any(|t| &t.name == n)).collect();
         let (seeds, headline_tasks): (Vec<u64>, Vec<String>) = match profile {
             Profile::Smoke => (vec![0, 1], headline(&["nq_open", "synthetic"])),
-            Profile::Default => (vec![0, 1, 2], headline(&["trivia_qa", "synthetic"])),
+            Profile::Default => (vec![0, 1, 2], headline(&["nq_open", "squad", "trivia_qa", "synthetic"])),
             Profile::Full => (vec![0, 1, 2], tasks.iter().filter(|t| t.kind == TaskKind::Qa).map(|t| t.name.clone()).collect()),
         };
         let headline_methods = match profile {
