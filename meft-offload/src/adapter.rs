@@ -153,6 +153,12 @@ impl MeftAdapter {
         &self.ledger
     }
 
+    /// Replaces the ledger with `ledger`, the one a checkpoint saved (a resumed run keeps the
+    /// records of the steps before the resume).
+    pub fn restore_ledger(&mut self, ledger: Ledger) {
+        self.ledger = ledger;
+    }
+
     fn adapted(&self, layer: usize) -> bool {
         self.gates.contains_key(&layer)
     }
