@@ -5,7 +5,8 @@
 //! `x[j]·k[j]` with a fused multiply-add for `j ≡ l (mod 16)` in increasing `j` (the row is padded with
 //! zeros to a multiple of 16), then the lanes are summed pairwise (`l, l+8`), (`l, l+4`), (`l, l+2`),
 //! (`l, l+1`). The AVX-512 kernel keeps one 16-lane accumulator per (token, key) pair in a register
-//! tile of up to 4 tokens × 6 keys; machines without AVX-512 use the scalar form.
+//! tile of up to 4 tokens × 6 keys; the AVX2 + FMA kernel ([`avx2`]) keeps the 16 lanes as two
+//! 8-lane halves in a tile of up to 2 tokens × 3 keys; other machines use the scalar form.
 
 use crate::inputs::{KeyElems, KeysView};
 
@@ -69,6 +70,12 @@ pub(crate) fn score_block(
         unsafe { simd::score_block(x, tokens, keys, b0, nb, out, out_stride) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above); bounds as for the AVX-512 call.
+        unsafe { avx2::score_block(x, tokens, keys, b0, nb, out, out_stride) };
+        return;
+    }
     for (r, &t) in tokens.iter().enumerate() {
         let row = &x[t as usize * d..(t as usize + 1) * d];
         for c in 0..nb {
@@ -83,8 +90,15 @@ pub fn kernel_name() -> &'static str {
     if simd::available() {
         return "avx512";
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        return "avx2";
+    }
     "scalar"
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
@@ -283,6 +297,49 @@ mod tests {
                 (s as f32 / u32::MAX as f32) - 0.5
             })
             .collect()
+    }
+
+    /// The AVX2 kernel on its own (it is the fast path only on machines without AVX-512, so this
+    /// test keeps it checked on those that have it too).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernel_is_bitwise_canonical() {
+        if !avx2::available() {
+            eprintln!("skipped: this CPU has no AVX2 + FMA");
+            return;
+        }
+        for &(t, m, d, stride) in &[
+            (7, 13, 37, 40),
+            (4, 6, 16, 16),
+            (9, 20, 100, 200),
+            (3, 8, 576, 576),
+            (1, 1, 3, 3),
+            (5, 7, 0, 0),
+        ] {
+            let x = data(t * d, 3);
+            let kd = data(m * stride.max(1), 4);
+            let kb: Vec<bf16> = kd.iter().map(|&v| bf16::from_f32(v)).collect();
+            let tokens: Vec<u32> = (0..t as u32).rev().collect();
+            for keys in [
+                KeysView::f32(&kd, m, d, stride).unwrap(),
+                KeysView::bf16(&kb, m, d, stride).unwrap(),
+            ] {
+                let mut out = vec![f32::NAN; t * (m + 2)];
+                // SAFETY: AVX2 and FMA are present; the bounds hold as in `score_block`.
+                unsafe { avx2::score_block(&x, &tokens, &keys, 1, m - 1, &mut out, m + 2) };
+                for (r, &tok) in tokens.iter().enumerate() {
+                    for c in 0..m - 1 {
+                        let want =
+                            dot_slow(&x[tok as usize * d..(tok as usize + 1) * d], &keys, 1 + c);
+                        assert_eq!(
+                            out[r * (m + 2) + c].to_bits(),
+                            want.to_bits(),
+                            "t{r} c{c} d{d}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
