@@ -153,6 +153,19 @@ fn tiny() -> Tiny {
     }
 }
 
+impl Tiny {
+    /// The base model (no adapters) ready to answer.
+    fn evaluator(&self) -> Evaluator<'_> {
+        Evaluator {
+            model: &self.model,
+            tokenizer: &self.tokenizer,
+            template: &self.template,
+            hook: &NoAdapters,
+            after_forward: None,
+        }
+    }
+}
+
 fn config(decoding: Decoding, max_new_tokens: usize, penalty: f32) -> EvalConfig {
     EvalConfig {
         decode: DecodeConfig {
@@ -191,13 +204,7 @@ fn template_adapter_and_stop_tokens() {
 fn tiny_model_evaluates_deterministically_and_greedy_matches_meft_models_generate() {
     let t = tiny();
     let examples = nq_fixture();
-    let evaluator = Evaluator {
-        model: &t.model,
-        tokenizer: &t.tokenizer,
-        template: &t.template,
-        hook: &NoAdapters,
-        after_forward: None,
-    };
+    let evaluator = t.evaluator();
     let dataset = Dataset::NqOpen;
     let cfg = config(Decoding::Greedy, 12, 1.0);
     let mut seen = Vec::new();
@@ -254,13 +261,7 @@ fn tiny_model_evaluates_deterministically_and_greedy_matches_meft_models_generat
 fn beam_search_with_penalty_runs_and_width_one_equals_greedy_on_the_model() {
     let t = tiny();
     let examples = nq_fixture();
-    let evaluator = Evaluator {
-        model: &t.model,
-        tokenizer: &t.tokenizer,
-        template: &t.template,
-        hook: &NoAdapters,
-        after_forward: None,
-    };
+    let evaluator = t.evaluator();
     let greedy = config(Decoding::Greedy, 6, 2.0);
     let width_one = config(
         Decoding::Beam {
@@ -301,13 +302,7 @@ fn beam_search_with_penalty_runs_and_width_one_equals_greedy_on_the_model() {
 fn outputs_round_trip_json_and_hdf5() {
     let t = tiny();
     let examples = nq_fixture();
-    let evaluator = Evaluator {
-        model: &t.model,
-        tokenizer: &t.tokenizer,
-        template: &t.template,
-        hook: &NoAdapters,
-        after_forward: None,
-    };
+    let evaluator = t.evaluator();
     let cfg = config(Decoding::Greedy, 4, 1.0);
     let evaluation = evaluator
         .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {})
@@ -357,13 +352,7 @@ fn outputs_round_trip_json_and_hdf5() {
 fn greedy_groups_of_any_size_give_the_predictions_of_one_at_a_time() {
     let t = tiny();
     let examples = nq_fixture();
-    let evaluator = Evaluator {
-        model: &t.model,
-        tokenizer: &t.tokenizer,
-        template: &t.template,
-        hook: &NoAdapters,
-        after_forward: None,
-    };
+    let evaluator = t.evaluator();
     let run = |batch: usize| {
         let cfg = EvalConfig {
             batch,

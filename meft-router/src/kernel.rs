@@ -84,6 +84,34 @@ pub(crate) fn score_block(
     }
 }
 
+/// The register-tile grid of one scoring block, shared by the SIMD kernels: for every group of
+/// at most `keys_per_tile` key columns (`n` of them from column `c0`) and every group of at most
+/// `tokens_per_tile` listed tokens (`rows`, from row `r0`), calls `tile(c0, n, r0, rows)`.
+#[cfg(target_arch = "x86_64")]
+fn for_each_tile(
+    nb: usize,
+    tokens: &[u32],
+    keys_per_tile: usize,
+    tokens_per_tile: usize,
+    mut tile: impl FnMut(usize, usize, usize, &[u32]),
+) {
+    let mut c0 = 0;
+    while c0 < nb {
+        let n = (nb - c0).min(keys_per_tile);
+        for (i, rows) in tokens.chunks(tokens_per_tile).enumerate() {
+            tile(c0, n, i * tokens_per_tile, rows);
+        }
+        c0 += n;
+    }
+}
+
+/// Pointers to the `TK` key rows of a tile whose `n` real rows start at row `first` of `k`
+/// (row stride `stride`); a short tile repeats its last row, whose results are not written.
+#[cfg(target_arch = "x86_64")]
+fn tile_rows<K, const TK: usize>(k: &[K], stride: usize, first: usize, n: usize) -> [*const K; TK] {
+    std::array::from_fn(|b| k.as_ptr().wrapping_add((first + b.min(n - 1)) * stride))
+}
+
 /// Which kernel [`score_block`] uses on this machine.
 pub fn kernel_name() -> &'static str {
     #[cfg(target_arch = "x86_64")]
@@ -248,37 +276,26 @@ mod simd {
         os: usize,
     ) {
         let xrow = |t: u32| x.as_ptr().wrapping_add(t as usize * d);
-        let mut c0 = 0;
-        while c0 < nb {
-            let n = (nb - c0).min(TILE_KEYS);
-            // Short tiles repeat their last key row; the repeated results are not written.
-            let kp: [*const K; TILE_KEYS] =
-                std::array::from_fn(|b| k.as_ptr().wrapping_add((b0 + c0 + b.min(n - 1)) * stride));
-            let mut r0 = 0;
-            while r0 < tokens.len() {
-                let ta = (tokens.len() - r0).min(TILE_TOKENS);
-                let o = out.as_mut_ptr().wrapping_add(r0 * os + c0);
-                let t = &tokens[r0..r0 + ta];
-                // SAFETY: rows and output entries are in bounds (see score_block's checks).
-                unsafe {
-                    match ta {
-                        4 => tile::<4, K>(
-                            [xrow(t[0]), xrow(t[1]), xrow(t[2]), xrow(t[3])],
-                            kp,
-                            d,
-                            n,
-                            o,
-                            os,
-                        ),
-                        3 => tile::<3, K>([xrow(t[0]), xrow(t[1]), xrow(t[2])], kp, d, n, o, os),
-                        2 => tile::<2, K>([xrow(t[0]), xrow(t[1])], kp, d, n, o, os),
-                        _ => tile::<1, K>([xrow(t[0])], kp, d, n, o, os),
-                    }
+        super::for_each_tile(nb, tokens, TILE_KEYS, TILE_TOKENS, |c0, n, r0, t| {
+            let kp = super::tile_rows::<K, TILE_KEYS>(k, stride, b0 + c0, n);
+            let o = out.as_mut_ptr().wrapping_add(r0 * os + c0);
+            // SAFETY: rows and output entries are in bounds (see score_block's checks).
+            unsafe {
+                match t.len() {
+                    4 => tile::<4, K>(
+                        [xrow(t[0]), xrow(t[1]), xrow(t[2]), xrow(t[3])],
+                        kp,
+                        d,
+                        n,
+                        o,
+                        os,
+                    ),
+                    3 => tile::<3, K>([xrow(t[0]), xrow(t[1]), xrow(t[2])], kp, d, n, o, os),
+                    2 => tile::<2, K>([xrow(t[0]), xrow(t[1])], kp, d, n, o, os),
+                    _ => tile::<1, K>([xrow(t[0])], kp, d, n, o, os),
                 }
-                r0 += ta;
             }
-            c0 += n;
-        }
+        });
     }
 }
 
@@ -299,15 +316,12 @@ mod tests {
             .collect()
     }
 
-    /// The AVX2 kernel on its own (it is the fast path only on machines without AVX-512, so this
-    /// test keeps it checked on those that have it too).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_kernel_is_bitwise_canonical() {
-        if !avx2::available() {
-            eprintln!("skipped: this CPU has no AVX2 + FMA");
-            return;
-        }
+    /// Signature of a scoring kernel under test (that of [`score_block`]).
+    type Kernel = dyn Fn(&[f32], &[u32], &KeysView<'_>, usize, usize, &mut [f32], usize);
+
+    /// Checks `kernel` against `dot_slow`, bit for bit, on f32 and bf16 keys of several shapes
+    /// (tails shorter than 16, strides above d, d = 0, the model's d = 576).
+    fn assert_bitwise_canonical(kernel: &Kernel) {
         for &(t, m, d, stride) in &[
             (7, 13, 37, 40),
             (4, 6, 16, 16),
@@ -316,8 +330,8 @@ mod tests {
             (1, 1, 3, 3),
             (5, 7, 0, 0),
         ] {
-            let x = data(t * d, 3);
-            let kd = data(m * stride.max(1), 4);
+            let x = data(t * d, 1);
+            let kd = data(m * stride.max(1), 2);
             let kb: Vec<bf16> = kd.iter().map(|&v| bf16::from_f32(v)).collect();
             let tokens: Vec<u32> = (0..t as u32).rev().collect();
             for keys in [
@@ -325,8 +339,7 @@ mod tests {
                 KeysView::bf16(&kb, m, d, stride).unwrap(),
             ] {
                 let mut out = vec![f32::NAN; t * (m + 2)];
-                // SAFETY: AVX2 and FMA are present; the bounds hold as in `score_block`.
-                unsafe { avx2::score_block(&x, &tokens, &keys, 1, m - 1, &mut out, m + 2) };
+                kernel(&x, &tokens, &keys, 1, m - 1, &mut out, m + 2);
                 for (r, &tok) in tokens.iter().enumerate() {
                     for c in 0..m - 1 {
                         let want =
@@ -342,37 +355,23 @@ mod tests {
         }
     }
 
+    /// The AVX2 kernel on its own (it is the fast path only on machines without AVX-512, so this
+    /// test keeps it checked on those that have it too).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernel_is_bitwise_canonical() {
+        if !avx2::available() {
+            eprintln!("skipped: this CPU has no AVX2 + FMA");
+            return;
+        }
+        // SAFETY: AVX2 and FMA are present; the shapes keep the bounds of `score_block`.
+        assert_bitwise_canonical(&|x, t, k, b0, nb, out, os| unsafe {
+            avx2::score_block(x, t, k, b0, nb, out, os)
+        });
+    }
+
     #[test]
     fn fast_kernel_is_bitwise_canonical() {
-        for &(t, m, d, stride) in &[
-            (7, 13, 37, 40),
-            (4, 6, 16, 16),
-            (9, 20, 100, 200),
-            (1, 1, 3, 3),
-            (5, 7, 0, 0),
-        ] {
-            let x = data(t * d, 1);
-            let kd = data(m * stride.max(1), 2);
-            let kb: Vec<bf16> = kd.iter().map(|&v| bf16::from_f32(v)).collect();
-            let tokens: Vec<u32> = (0..t as u32).rev().collect();
-            for keys in [
-                KeysView::f32(&kd, m, d, stride).unwrap(),
-                KeysView::bf16(&kb, m, d, stride).unwrap(),
-            ] {
-                let mut out = vec![f32::NAN; t * (m + 2)];
-                score_block(&x, &tokens, &keys, 1, m - 1, &mut out, m + 2);
-                for (r, &tok) in tokens.iter().enumerate() {
-                    for c in 0..m - 1 {
-                        let want =
-                            dot_slow(&x[tok as usize * d..(tok as usize + 1) * d], &keys, 1 + c);
-                        assert_eq!(
-                            out[r * (m + 2) + c].to_bits(),
-                            want.to_bits(),
-                            "t{r} c{c} d{d}"
-                        );
-                    }
-                }
-            }
-        }
+        assert_bitwise_canonical(&score_block);
     }
 }

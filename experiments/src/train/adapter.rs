@@ -77,17 +77,11 @@ pub trait TrainableAdapter {
     /// without one.
     fn restore_ledger(&mut self, _ledger: meft_offload::Ledger) {}
 
-    /// Whether the rows of one forward call share a device capacity (MEFT's working set C),
-    /// so that batching independent sequences could change what each one gets; such an adapter
-    /// decodes one sequence at a time.
-    fn shares_capacity_across_rows(&self) -> bool {
-        false
-    }
-
-    /// Sequences to decode side by side with this adapter: `batch`, or 1 when rows share a
-    /// capacity.
+    /// Rows per decoding forward with this adapter when `batch` are asked for: `batch`, or 1 for
+    /// an adapter whose rows of one forward call share a device capacity (MEFT's working set
+    /// C), where batching independent sequences could change what each one gets.
     fn generation_batch(&self, batch: usize) -> usize {
-        if self.shares_capacity_across_rows() { 1 } else { batch }
+        batch
     }
 
     /// Loads exported parameters (optimizer state reset): every exported name must exist.
@@ -231,8 +225,8 @@ impl TrainableAdapter for MeftTrainable {
         &self.adapter
     }
 
-    fn shares_capacity_across_rows(&self) -> bool {
-        true
+    fn generation_batch(&self, _batch: usize) -> usize {
+        1
     }
 
     fn set_phase(&self, _phase: Phase) {}

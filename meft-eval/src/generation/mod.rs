@@ -136,13 +136,14 @@ impl Evaluator<'_> {
     pub fn answer(&self, example: &Example, config: &EvalConfig) -> Result<(String, Generation)> {
         let start = Instant::now();
         let stops = stop_tokens(self.tokenizer, self.template)?;
-        let prompt = self
-            .tokenizer
-            .encode(&render(example, self.template).prompt)?;
+        let prompt = self.prompt(example)?;
         let decoded = decode::decode(&self.stepper(config), &prompt, &config.decode, &stops)?;
-        let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
-        let seconds = start.elapsed().as_secs_f64();
-        Ok((text, generation(example, prompt.len(), &decoded, seconds)))
+        self.reply(
+            example,
+            prompt.len(),
+            &decoded,
+            start.elapsed().as_secs_f64(),
+        )
     }
 
     /// The replies to `examples`, greedy ones decoded side by side (see the module doc).
@@ -158,7 +159,7 @@ impl Evaluator<'_> {
         let stops = stop_tokens(self.tokenizer, self.template)?;
         let prompts = examples
             .iter()
-            .map(|e| Ok(self.tokenizer.encode(&render(e, self.template).prompt)?))
+            .map(|e| self.prompt(e))
             .collect::<Result<Vec<_>>>()?;
         let decoded = decode::greedy_many(&self.stepper(config), &prompts, &config.decode, &stops)?;
         // One batch: each example is charged an equal share of its wall time.
@@ -168,10 +169,28 @@ impl Evaluator<'_> {
             .zip(prompts)
             .zip(decoded)
             .map(|((example, prompt), decoded)| {
-                let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
-                Ok((text, generation(example, prompt.len(), &decoded, seconds)))
+                self.reply(example, prompt.len(), &decoded, seconds)
             })
             .collect()
+    }
+
+    /// The tokens of `example`'s rendered prompt.
+    fn prompt(&self, example: &Example) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(&render(example, self.template).prompt)?)
+    }
+
+    /// The prediction text of `decoded` (without the stop token, trimmed) and its facts.
+    fn reply(
+        &self,
+        example: &Example,
+        prompt_tokens: usize,
+        decoded: &Decoded,
+        seconds: f64,
+    ) -> Result<(String, Generation)> {
+        let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
+        Ok((text, generation(example, prompt_tokens, decoded, seconds)))
     }
 
     fn stepper(&self, config: &EvalConfig) -> LlamaStepper<'_> {

@@ -196,26 +196,15 @@ unsafe fn blocks<K: KeyLoad>(
     os: usize,
 ) {
     let xrow = |t: u32| x.as_ptr().wrapping_add(t as usize * d);
-    let mut c0 = 0;
-    while c0 < nb {
-        let n = (nb - c0).min(TILE_KEYS);
-        // Short tiles repeat their last key row; the repeated results are not written.
-        let kp: [*const K; TILE_KEYS] =
-            std::array::from_fn(|b| k.as_ptr().wrapping_add((b0 + c0 + b.min(n - 1)) * stride));
-        let mut r0 = 0;
-        while r0 < tokens.len() {
-            let ta = (tokens.len() - r0).min(TILE_TOKENS);
-            let o = out.as_mut_ptr().wrapping_add(r0 * os + c0);
-            let t = &tokens[r0..r0 + ta];
-            // SAFETY: rows and output entries are in bounds (see score_block's checks).
-            unsafe {
-                match ta {
-                    2 => tile::<2, K>([xrow(t[0]), xrow(t[1])], kp, d, n, o, os),
-                    _ => tile::<1, K>([xrow(t[0])], kp, d, n, o, os),
-                }
+    super::for_each_tile(nb, tokens, TILE_KEYS, TILE_TOKENS, |c0, n, r0, t| {
+        let kp = super::tile_rows::<K, TILE_KEYS>(k, stride, b0 + c0, n);
+        let o = out.as_mut_ptr().wrapping_add(r0 * os + c0);
+        // SAFETY: rows and output entries are in bounds (see score_block's checks).
+        unsafe {
+            match t.len() {
+                2 => tile::<2, K>([xrow(t[0]), xrow(t[1])], kp, d, n, o, os),
+                _ => tile::<1, K>([xrow(t[0])], kp, d, n, o, os),
             }
-            r0 += ta;
         }
-        c0 += n;
-    }
+    });
 }
