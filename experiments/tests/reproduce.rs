@@ -69,3 +69,33 @@ fn synthetic_fallback_is_loud_and_only_keeps_other_sections() {
     assert_complete(&paper);
     assert_eq!(std::fs::read_to_string(paper.join("results/top_k.json")).expect("top_k"), before, "--only table1 must not touch top_k");
 }
+
+/// The `runs` tally of `results/<name>.json`: (from scratch, resumed, reused).
+fn tally(paper: &Path, name: &str) -> (u64, u64, u64) {
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(paper.join(format!("results/{name}.json"))).expect("section json")).expect("json");
+    let n = |k: &str| json["runs"][k].as_u64().unwrap_or_else(|| panic!("runs.{k} missing: {}", json["runs"]));
+    (n("fresh"), n("resumed"), n("reused"))
+}
+
+#[test]
+fn rerunning_reuses_every_outcome_and_a_lost_outcome_resumes_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paper = dir.path().join("paper");
+    let runs = dir.path().join("runs");
+    let args = ["--offline-reason", "test: no network", "--only", "table1"];
+    reproduce(&paper, &runs, &args);
+    let (fresh, resumed, reused) = tally(&paper, "table1");
+    assert!(fresh > 1 && resumed == 0, "first invocation: {fresh} fresh, {resumed} resumed, {reused} reused");
+    reproduce(&paper, &runs, &args);
+    assert_eq!(tally(&paper, "table1"), (0, 0, fresh + reused), "an unchanged rerun reads every saved outcome");
+    let trained = |path: &std::path::PathBuf| {
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("outcome")).expect("json");
+        saved["outcome"]["steps"].as_u64().unwrap_or(0) > 0
+    };
+    let outcome = std::fs::read_dir(runs.join("smoke").join("outcomes")).expect("outcomes").map(|e| e.expect("entry").path()).filter(trained).max().expect("a trained run's outcome");
+    std::fs::remove_file(outcome).expect("remove one outcome");
+    reproduce(&paper, &runs, &args);
+    assert_eq!(tally(&paper, "table1"), (0, 1, fresh + reused - 1), "the run without its outcome continues from its checkpoint");
+    let report = std::fs::read_to_string(paper.join("REPRODUCTION.md")).expect("report");
+    assert!(report.contains("0 run from scratch, 1 resumed from checkpoints"), "the section's heading says how its runs were satisfied");
+}

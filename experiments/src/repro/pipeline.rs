@@ -72,9 +72,11 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     let selected: Vec<ExperimentId> = ExperimentId::ALL.into_iter().filter(|id| opts.only.is_empty() || opts.only.contains(id)).collect();
     for (i, id) in selected.iter().enumerate() {
         eprintln!("=== experiment {}/{}: {} ({:?} profile)", i + 1, selected.len(), id.name(), ctx.profile);
+        let before = runner.tally();
         let section = timed(|| run_one(*id, &ctx, &runner)).with_context(|| format!("experiment `{}`", id.name()))?;
-        let saved = report::save(&ctx, &section)?;
-        eprintln!("=== {} done in {:.1} min -> {}", id.name(), section.wall_seconds / 60.0, saved.display());
+        let runs = runner.tally().since(before);
+        let saved = report::save(&ctx, &section, runs)?;
+        eprintln!("=== {} done in {:.1} min ({}) -> {}", id.name(), section.wall_seconds / 60.0, runs.describe(), saved.display());
     }
     let path = report::write(&ctx, start.elapsed().as_secs_f64(), &opts.command)?;
     eprintln!("report: {} ({:.1} min)", path.display(), start.elapsed().as_secs_f64() / 60.0);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use super::runs::RunTally;
 use super::{Context, DataSource, ExperimentId, Section};
 
 /// A section as saved in `results/<name>.json`.
@@ -29,6 +30,10 @@ pub struct SavedSection {
     pub results: serde_json::Value,
     /// Seconds the experiment took.
     pub wall_seconds: f64,
+    /// How its runs were satisfied (a short wall time over reused or resumed runs is no timing
+    /// of the work).
+    #[serde(default)]
+    pub runs: RunTally,
     /// The profile it ran at.
     pub profile: String,
     /// `real`, or `synthetic: <reason>`.
@@ -39,8 +44,8 @@ pub struct SavedSection {
     pub date: String,
 }
 
-/// Saves `section` as `results/<name>.json`.
-pub fn save(ctx: &Context, section: &Section) -> Result<PathBuf> {
+/// Saves `section`, whose runs were satisfied as `runs` says, as `results/<name>.json`.
+pub fn save(ctx: &Context, section: &Section, runs: RunTally) -> Result<PathBuf> {
     let saved = SavedSection {
         name: section.id.name().into(),
         title: section.title.clone(),
@@ -48,6 +53,7 @@ pub fn save(ctx: &Context, section: &Section) -> Result<PathBuf> {
         figures: section.figures.clone(),
         results: section.results.clone(),
         wall_seconds: section.wall_seconds,
+        runs,
         profile: serde_json::to_value(ctx.profile)?.as_str().unwrap_or("?").into(),
         source: source_text(&ctx.source),
         git_revision: meft_eval::results::git_revision(),
@@ -115,7 +121,7 @@ pub fn write(ctx: &Context, total_seconds: f64, command: &str) -> Result<PathBuf
     for (id, s) in ExperimentId::ALL.iter().zip(&sections) {
         match s {
             Some(s) => {
-                let _ = writeln!(md, "\n## {}\n\n_{} profile, {} data, {:.1} min, {} (revision `{}`)._\n", s.title, s.profile, s.source, s.wall_seconds / 60.0, s.date, short(&s.git_revision));
+                let _ = writeln!(md, "\n## {}\n\n_{} profile, {} data, {:.1} min, {} (revision `{}`); runs: {}._\n", s.title, s.profile, s.source, s.wall_seconds / 60.0, s.date, short(&s.git_revision), s.runs.describe());
                 md += &s.markdown;
                 for f in s.figures.iter().filter(|f| f.ends_with(".png")) {
                     let _ = writeln!(md, "\n![{}]({f})", s.title);
@@ -141,11 +147,18 @@ fn summary_table(sections: &[Option<SavedSection>]) -> String {
         .iter()
         .zip(sections)
         .map(|(id, s)| match s {
-            Some(s) => vec![s.title.clone(), s.profile.clone(), s.source.clone(), format!("{:.1}", s.wall_seconds / 60.0)],
-            None => vec![id.name().into(), "not run".into(), "-".into(), "-".into()],
+            Some(s) => vec![
+                s.title.clone(),
+                s.profile.clone(),
+                s.source.clone(),
+                short(&s.git_revision).into(),
+                format!("{:.1}", s.wall_seconds / 60.0),
+                format!("{} / {} / {}", s.runs.fresh, s.runs.resumed, s.runs.reused),
+            ],
+            None => vec![id.name().into(), "not run".into(), "-".into(), "-".into(), "-".into(), "-".into()],
         })
         .collect();
-    super::output::md_table(&["experiment", "profile", "data", "minutes"], &rows) + "\n"
+    super::output::md_table(&["experiment", "profile", "data", "revision", "minutes", "runs: from scratch / resumed / reused"], &rows) + "\n"
 }
 
 const DIFFERENCES: &str = "## What differs from the paper, and why\n\n\

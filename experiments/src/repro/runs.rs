@@ -115,16 +115,44 @@ pub struct RunOutcome {
     pub tokens_per_s: f64,
     /// Seconds for training and every evaluation.
     pub wall_seconds: f64,
+    /// The optimizer step the run resumed from (0: trained from scratch in the invocation that
+    /// produced this outcome; more: `wall_seconds` covers only the steps after it).
+    #[serde(default)]
+    pub resumed_from_step: u64,
     /// Where the run's metrics, checkpoints and adapter are.
     pub output_dir: PathBuf,
     /// Code revision that produced it.
     pub git_revision: String,
 }
 
+/// How the runs asked for so far were satisfied, so that a wall time can be read honestly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTally {
+    /// Runs trained from step 0 (the base model: evaluated).
+    pub fresh: usize,
+    /// Runs that continued from a checkpoint left by an earlier invocation.
+    pub resumed: usize,
+    /// Runs whose saved outcome (same revision and config) was read instead.
+    pub reused: usize,
+}
+
+impl RunTally {
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: RunTally) -> RunTally {
+        RunTally { fresh: self.fresh - earlier.fresh, resumed: self.resumed - earlier.resumed, reused: self.reused - earlier.reused }
+    }
+
+    /// "3 run from scratch, 1 resumed from checkpoints, 2 reused".
+    pub fn describe(&self) -> String {
+        format!("{} run from scratch, {} resumed from checkpoints, {} reused", self.fresh, self.resumed, self.reused)
+    }
+}
+
 /// Executes run specs; see the module docs.
 pub struct Runner {
     runs_dir: PathBuf,
     workers: usize,
+    tally: Mutex<RunTally>,
     inputs: Mutex<HashMap<String, Arc<Mutex<Option<Inputs>>>>>,
     probes: Mutex<HashMap<String, Arc<Mutex<Option<Arc<Probes>>>>>>,
     probe_pool: usize,
@@ -134,7 +162,7 @@ impl Runner {
     /// A runner writing under `runs_dir` with `workers` parallel runs (≥ 1), screening
     /// `probe_pool` questions for the forgetting probes.
     pub fn new(runs_dir: &Path, workers: usize, probe_pool: usize) -> Self {
-        Self { runs_dir: runs_dir.to_path_buf(), workers: workers.max(1), inputs: Mutex::new(HashMap::new()), probes: Mutex::new(HashMap::new()), probe_pool }
+        Self { runs_dir: runs_dir.to_path_buf(), workers: workers.max(1), tally: Mutex::default(), inputs: Mutex::new(HashMap::new()), probes: Mutex::new(HashMap::new()), probe_pool }
     }
 
     /// Runs every spec (reusing saved outcomes) and returns the outcomes in spec order.
@@ -143,6 +171,7 @@ impl Runner {
         let mut todo: Vec<usize> = (0..specs.len()).filter(|&i| outcomes[i].is_none()).collect();
         todo.sort_by(|&a, &b| cost(&specs[b]).total_cmp(&cost(&specs[a])));
         let reused = specs.len() - todo.len();
+        self.tally.lock().unwrap_or_else(|e| e.into_inner()).reused += reused;
         eprintln!("[runs] {} runs ({reused} reused), {} workers", specs.len(), self.workers.min(todo.len().max(1)));
         let queue = Mutex::new(todo.into_iter().collect::<VecDeque<_>>());
         let results: Mutex<Vec<(usize, Result<RunOutcome>)>> = Mutex::new(Vec::new());
@@ -179,6 +208,11 @@ impl Runner {
             let eta = start.elapsed().as_secs_f64() / done as f64 * (total - done) as f64;
             eprintln!("[runs {done}/{total}] {} in {:.0} s; ETA {:.1} min", specs[i].key, t.elapsed().as_secs_f64(), eta / 60.0);
         }
+    }
+
+    /// Every run asked of this runner so far, by how it was satisfied.
+    pub fn tally(&self) -> RunTally {
+        *self.tally.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `runs/outcomes/<hash>.json`: runs with the same configuration (whatever experiment asks
@@ -222,6 +256,14 @@ impl Runner {
         let device_total_bytes = plan.memory.total_device;
         let steps_per_epoch = (inputs.data().train.len() as f64 / (plan.raw.batch.micro * plan.raw.batch.accumulation) as f64).ceil().max(1.0);
         let mut trainer = Trainer::from_inputs(plan, inputs.clone())?;
+        let resumed_from_step = trainer.step();
+        {
+            let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+            match resumed_from_step {
+                0 => tally.fresh += 1,
+                _ => tally.resumed += 1,
+            }
+        }
         let summary_steps = if training { trainer.run()?.steps } else { 0 };
         let last = match trainer.last_evaluation().filter(|_| spec.raw.eval_examples == 0) {
             Some(e) => e.clone(),
@@ -260,6 +302,7 @@ impl Runner {
             generation,
             tokens_per_s,
             wall_seconds: start.elapsed().as_secs_f64(),
+            resumed_from_step,
             output_dir: spec.raw.output_dir.clone(),
             git_revision: meft_eval::results::git_revision(),
         };
