@@ -15,10 +15,7 @@ fn main() {
     let nvcc = env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
     let cap = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("meft.ptx");
-    let status = Command::new(&nvcc)
-        .args(["-ptx", &format!("-arch=compute_{cap}"), "-O3", "kernels/meft.cu", "-o"])
-        .arg(&out)
-        .status();
+    let status = Command::new(&nvcc).args(["-ptx", &format!("-arch=compute_{cap}"), "-O3", "kernels/meft.cu", "-o"]).arg(&out).status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("meft-kernels: `{nvcc} -ptx kernels/meft.cu` failed ({s}); see the compiler output above"),

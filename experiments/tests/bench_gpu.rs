@@ -65,12 +65,8 @@ fn cuda_in_a_cpu_build_is_a_clear_error() {
 
 #[test]
 fn bad_arguments_name_the_argument() {
-    let cases: [(&[&str], &str); 4] = [
-        (&["--seq", "0"], "--seq"),
-        (&["--shape", "gpt5"], "--shape"),
-        (&["--device", "tpu:0"], "--device"),
-        (&["--budget-gib=-3"], "--budget-gib"),
-    ];
+    let cases: [(&[&str], &str); 4] =
+        [(&["--seq", "0"], "--seq"), (&["--shape", "gpt5"], "--shape"), (&["--device", "tpu:0"], "--device"), (&["--budget-gib=-3"], "--budget-gib")];
     for (args, field) in cases {
         let out = meft(&[&["--shape", "tiny", "--device", "cpu"][..], args].concat());
         assert!(!out.status.success(), "{args:?} was accepted");

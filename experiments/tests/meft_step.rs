@@ -13,11 +13,8 @@ use meft_core::optim::AdamWConfig;
 use meft_core::sparse::Evaluation;
 use meft_models::gguf::GgufFile;
 use meft_models::{Llama, ModelConfig, WeightMap};
-use meft_offload::{
-    Category, DeviceKind, HostOptimizer, MeftAdapter, MeftConfig, OffloadDevice, OffloadPlan, StepStatus,
-};
+use meft_offload::{Category, DeviceKind, HostOptimizer, MeftAdapter, MeftConfig, OffloadDevice, OffloadPlan, StepStatus};
 use meft_router::Scoring;
-
 
 /// Random weights with SmolLM2's names and shapes.
 fn random_weights(c: &ModelConfig) -> WeightMap {
@@ -25,11 +22,7 @@ fn random_weights(c: &ModelConfig) -> WeightMap {
     let kv = c.num_key_value_heads * c.head_dim;
     let mut t = HashMap::new();
     let mut put = |name: String, shape: &[usize], std: f32| {
-        let w = if shape.len() == 1 {
-            Tensor::ones(shape, DType::F32, &Device::Cpu)
-        } else {
-            Tensor::randn(0f32, std, shape, &Device::Cpu)
-        };
+        let w = if shape.len() == 1 { Tensor::ones(shape, DType::F32, &Device::Cpu) } else { Tensor::randn(0f32, std, shape, &Device::Cpu) };
         t.insert(name, w.expect("random tensor"));
     };
     put("model.embed_tokens.weight".into(), &[v, d], 0.02);
@@ -75,7 +68,10 @@ fn smollm2_trains_with_meft_under_a_simulated_budget() {
     println!("model: {what}");
     let c = &model.config;
     let weight_bytes: u64 = 4 * (c.vocab_size * c.hidden_size) as u64
-        + model.layers.len() as u64 * 4 * (2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.num_key_value_heads * c.head_dim + 3 * c.hidden_size * c.intermediate_size) as u64;
+        + model.layers.len() as u64
+            * 4
+            * (2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.num_key_value_heads * c.head_dim + 3 * c.hidden_size * c.intermediate_size)
+                as u64;
     let (batch, seq) = (1, 16);
     let cfg = MeftConfig {
         hidden: c.hidden_size,

@@ -15,21 +15,12 @@ fn context(dir: &Path) -> Context {
 
 /// The shared checks on a section: a markdown table, figure and HDF5 files that exist.
 fn check_section(ctx: &Context, s: &Section) {
-    assert!(
-        s.markdown.contains("| ---"),
-        "no markdown table in:\n{}",
-        s.markdown
-    );
-    assert!(
-        s.markdown.contains("SYNTHETIC FALLBACK"),
-        "the fallback must be stated"
-    );
+    assert!(s.markdown.contains("| ---"), "no markdown table in:\n{}", s.markdown);
+    assert!(s.markdown.contains("SYNTHETIC FALLBACK"), "the fallback must be stated");
     assert!(!s.figures.is_empty());
     for f in &s.figures {
         let path = ctx.paper_dir.join(f);
-        let len = std::fs::metadata(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .len();
+        let len = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).len();
         assert!(len > 1000, "{} is only {len} bytes", path.display());
     }
     let h5 = ctx.results_dir().join(format!("{}.h5", s.id.name()));
@@ -39,7 +30,6 @@ fn check_section(ctx: &Context, s: &Section) {
 fn runner(ctx: &Context) -> Runner {
     Runner::new(&ctx.runs_dir, 2, 8)
 }
-
 
 #[test]
 fn exact_retrieval_without_key_experts_has_recall_one() {
@@ -98,7 +88,9 @@ fn size_section_marks_the_budget_and_grows_parameters() {
     check_section(&ctx, &s);
     let runs = s.results["runs"].as_array().unwrap();
     let budget = s.results["base"]["budget"]["bytes"].as_u64().unwrap();
-    let params = |prefix: &str| -> Vec<u64> { runs.iter().filter(|r| r["label"].as_str().unwrap().starts_with(prefix)).map(|r| r["trainable_params"].as_u64().unwrap()).collect() };
+    let params = |prefix: &str| -> Vec<u64> {
+        runs.iter().filter(|r| r["label"].as_str().unwrap().starts_with(prefix)).map(|r| r["trainable_params"].as_u64().unwrap()).collect()
+    };
     let pa = params("PA ");
     assert!(pa.len() >= 2 && pa.windows(2).all(|w| w[0] < w[1]), "{pa:?}");
     for r in runs.iter().filter(|r| r["label"].as_str().unwrap().starts_with("MEFT")) {

@@ -39,11 +39,9 @@ fn assert_complete(paper: &Path) -> String {
 
 #[test]
 fn smoke_profile_on_the_real_assets_writes_the_whole_report() {
-    let (Some(_), Some(_), Some(_)) = (
-        meft_assets::require_model("smollm2-135m-instruct"),
-        meft_assets::require_dataset("nq_open"),
-        meft_assets::require_dataset("trivia_qa"),
-    ) else {
+    let (Some(_), Some(_), Some(_)) =
+        (meft_assets::require_model("smollm2-135m-instruct"), meft_assets::require_dataset("nq_open"), meft_assets::require_dataset("trivia_qa"))
+    else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,7 +70,8 @@ fn synthetic_fallback_is_loud_and_only_keeps_other_sections() {
 
 /// The `runs` tally of `results/<name>.json`: (from scratch, resumed, reused).
 fn tally(paper: &Path, name: &str) -> (u64, u64, u64) {
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(paper.join(format!("results/{name}.json"))).expect("section json")).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(paper.join(format!("results/{name}.json"))).expect("section json")).expect("json");
     let n = |k: &str| json["runs"][k].as_u64().unwrap_or_else(|| panic!("runs.{k} missing: {}", json["runs"]));
     (n("fresh"), n("resumed"), n("reused"))
 }
@@ -92,7 +91,12 @@ fn rerunning_reuses_every_outcome_and_a_lost_outcome_resumes_its_checkpoint() {
         let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("outcome")).expect("json");
         saved["outcome"]["steps"].as_u64().unwrap_or(0) > 0
     };
-    let outcome = std::fs::read_dir(runs.join("smoke").join("outcomes")).expect("outcomes").map(|e| e.expect("entry").path()).filter(trained).max().expect("a trained run's outcome");
+    let outcome = std::fs::read_dir(runs.join("smoke").join("outcomes"))
+        .expect("outcomes")
+        .map(|e| e.expect("entry").path())
+        .filter(trained)
+        .max()
+        .expect("a trained run's outcome");
     std::fs::remove_file(outcome).expect("remove one outcome");
     reproduce(&paper, &runs, &args);
     assert_eq!(tally(&paper, "table1"), (0, 1, fresh + reused - 1), "the run without its outcome continues from its checkpoint");

@@ -96,7 +96,9 @@ fn every_method_lowers_the_loss_and_exports_a_loadable_adapter() {
         assert!(last < 0.9 * first, "{method}: loss did not decrease: {l:?}");
         let (params, manifest) = checkpoint::import(dir.path()).expect("adapter files");
         assert_eq!(manifest.model, "tiny-random");
-        let mut adapter = experiments::train::build::adapter(&p, &tiny_config(), &experiments::train::build::device(&p, &tiny_config()).expect("device")).expect("adapter");
+        let mut adapter =
+            experiments::train::build::adapter(&p, &tiny_config(), &experiments::train::build::device(&p, &tiny_config()).expect("device"))
+                .expect("adapter");
         adapter.load_params(&params).expect("load exported adapter");
         assert_eq!(adapter.export().expect("export"), params, "{method}: exported adapter round trip");
         assert_eq!(dir.path().join("ledger.h5").is_file(), method == "meft", "{method}: the ledger goes with MEFT runs only");

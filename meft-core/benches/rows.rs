@@ -23,9 +23,7 @@ fn touched_rows() -> Vec<u32> {
 }
 
 fn bench_rows(c: &mut Criterion) {
-    let store: Vec<f32> = (0..ROWS * ROW_LEN)
-        .map(|i| (i % 1013) as f32 * 0.001)
-        .collect();
+    let store: Vec<f32> = (0..ROWS * ROW_LEN).map(|i| (i % 1013) as f32 * 0.001).collect();
     let mut acc = store.clone();
     let ids = touched_rows();
     let moved = (TOUCHED * ROW_LEN * 4) as u64;
@@ -33,36 +31,18 @@ fn bench_rows(c: &mut Criterion) {
     let src: Vec<f32> = vec![1e-3; TOUCHED * ROW_LEN];
 
     let mut group = c.benchmark_group("rows_8192_of_65536x1152");
-    group
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
+    group.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     group.throughput(Throughput::Bytes(2 * moved));
-    group.bench_function("gather", |b| {
-        b.iter(|| gather_rows(&store, ROW_LEN, black_box(&ids), &mut staging))
-    });
-    group.bench_function("gather_slow", |b| {
-        b.iter(|| gather_rows_slow(&store, ROW_LEN, black_box(&ids), &mut staging))
-    });
+    group.bench_function("gather", |b| b.iter(|| gather_rows(&store, ROW_LEN, black_box(&ids), &mut staging)));
+    group.bench_function("gather_slow", |b| b.iter(|| gather_rows_slow(&store, ROW_LEN, black_box(&ids), &mut staging)));
     let copy_src = src.clone();
-    group.bench_function("memcpy_1thread", |b| {
-        b.iter(|| staging.copy_from_slice(black_box(&copy_src)))
-    });
+    group.bench_function("memcpy_1thread", |b| b.iter(|| staging.copy_from_slice(black_box(&copy_src))));
     group.bench_function("memcpy_rayon", |b| {
-        b.iter(|| {
-            staging
-                .par_chunks_mut(1 << 14)
-                .zip(black_box(&copy_src).par_chunks(1 << 14))
-                .for_each(|(d, s)| d.copy_from_slice(s))
-        })
+        b.iter(|| staging.par_chunks_mut(1 << 14).zip(black_box(&copy_src).par_chunks(1 << 14)).for_each(|(d, s)| d.copy_from_slice(s)))
     });
     group.throughput(Throughput::Bytes(3 * moved));
-    group.bench_function("scatter_add", |b| {
-        b.iter(|| scatter_add_rows(&mut acc, ROW_LEN, black_box(&ids), &src))
-    });
-    group.bench_function("scatter_add_slow", |b| {
-        b.iter(|| scatter_add_rows_slow(&mut acc, ROW_LEN, black_box(&ids), &src))
-    });
+    group.bench_function("scatter_add", |b| b.iter(|| scatter_add_rows(&mut acc, ROW_LEN, black_box(&ids), &src)));
+    group.bench_function("scatter_add_slow", |b| b.iter(|| scatter_add_rows_slow(&mut acc, ROW_LEN, black_box(&ids), &src)));
     group.finish();
 }
 

@@ -174,12 +174,8 @@ pub struct SparsePairGrads {
 
 /// Backward of the pair kernels given `dy` (`T×d`) and the forward's `kx`.
 pub fn sparse_pairs_backward_ref(x: &[f32], keys: &[f32], values: &[f32], pairs: &SparsePairs, kx: &[f32], dy: &[f32], d: usize) -> SparsePairGrads {
-    let mut g = SparsePairGrads {
-        dx: vec![0.0; x.len()],
-        dkeys: vec![0.0; keys.len()],
-        dvalues: vec![0.0; values.len()],
-        dgate: vec![0.0; pairs.len()],
-    };
+    let mut g =
+        SparsePairGrads { dx: vec![0.0; x.len()], dkeys: vec![0.0; keys.len()], dvalues: vec![0.0; values.len()], dgate: vec![0.0; pairs.len()] };
     for (p, &kx_p) in kx.iter().enumerate().take(pairs.len()) {
         let (t, r, gate) = (pairs.pair_token[p] as usize, pairs.pair_row[p] as usize, pairs.pair_gate[p]);
         let dyt = &dy[t * d..(t + 1) * d];

@@ -60,22 +60,22 @@ fn case(seed: u64) -> Case {
         }
     }
     pairs.reverse(); // not grouped by token: from_selection must regroup
-    let sel = SparseSelection {
-        tokens: t,
-        row_expert: (0..u).map(|_| (rng.next() % n as u64) as u32).collect(),
-        pairs,
-        evaluation: Evaluation::PerToken,
-    };
+    let sel =
+        SparseSelection { tokens: t, row_expert: (0..u).map(|_| (rng.next() % n as u64) as u32).collect(), pairs, evaluation: Evaluation::PerToken };
     Case { d, x: randn(&mut rng, t * d), keys: randn(&mut rng, u * d), values: randn(&mut rng, u * d), gates: randn(&mut rng, n * d), sel }
 }
 
 /// Gate factor `g_{e(r)}·x_t` of every pair of `sel.pairs`.
 fn gate_factors(c: &Case) -> Vec<f32> {
     let d = c.d;
-    c.sel.pairs.iter().map(|&(t, r)| {
-        let e = c.sel.row_expert[r as usize] as usize;
-        (0..d).map(|j| c.gates[e * d + j] * c.x[t as usize * d + j]).sum::<f32>()
-    }).collect()
+    c.sel
+        .pairs
+        .iter()
+        .map(|&(t, r)| {
+            let e = c.sel.row_expert[r as usize] as usize;
+            (0..d).map(|j| c.gates[e * d + j] * c.x[t as usize * d + j]).sum::<f32>()
+        })
+        .collect()
 }
 
 fn to64(v: &[f32]) -> Vec<f64> {

@@ -25,9 +25,7 @@ pub enum RowsError {
     #[error("rows: row_len must be > 0 (the bundled row is [k | v], row_len = 2 * hidden)")]
     ZeroRowLen,
     /// A buffer's length does not match the row layout.
-    #[error(
-        "rows: `{field}` has {got} elements but {expected} were expected (row_len = {row_len})"
-    )]
+    #[error("rows: `{field}` has {got} elements but {expected} were expected (row_len = {row_len})")]
     LengthMismatch {
         /// Which buffer.
         field: &'static str,
@@ -59,9 +57,7 @@ pub enum RowsError {
         n_rows: usize,
     },
     /// Ids for a writing operation must be strictly increasing (sorted, no duplicates).
-    #[error(
-        "rows: ids must be strictly increasing; position {position} has {id} after {prev} (sort and dedup U first)"
-    )]
+    #[error("rows: ids must be strictly increasing; position {position} has {id} after {prev} (sort and dedup U first)")]
     NotStrictlyIncreasing {
         /// Position of the offending id.
         position: usize,
@@ -73,51 +69,25 @@ pub enum RowsError {
 }
 
 /// Number of whole rows in `store`, or the layout error.
-pub(crate) fn n_rows(
-    field: &'static str,
-    store_len: usize,
-    row_len: usize,
-) -> Result<usize, RowsError> {
+pub(crate) fn n_rows(field: &'static str, store_len: usize, row_len: usize) -> Result<usize, RowsError> {
     if row_len == 0 {
         return Err(RowsError::ZeroRowLen);
     }
     if !store_len.is_multiple_of(row_len) {
-        return Err(RowsError::NotWholeRows {
-            field,
-            len: store_len,
-            row_len,
-        });
+        return Err(RowsError::NotWholeRows { field, len: store_len, row_len });
     }
     Ok(store_len / row_len)
 }
 
 /// Checks that `buf` has exactly `expected` elements.
-pub(crate) fn check_len(
-    field: &'static str,
-    got: usize,
-    expected: usize,
-    row_len: usize,
-) -> Result<(), RowsError> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(RowsError::LengthMismatch {
-            field,
-            expected,
-            got,
-            row_len,
-        })
-    }
+pub(crate) fn check_len(field: &'static str, got: usize, expected: usize, row_len: usize) -> Result<(), RowsError> {
+    if got == expected { Ok(()) } else { Err(RowsError::LengthMismatch { field, expected, got, row_len }) }
 }
 
 /// Checks that every id is below `n_rows`.
 fn check_in_range(ids: &[u32], n_rows: usize) -> Result<(), RowsError> {
     match ids.iter().position(|&id| id as usize >= n_rows) {
-        Some(position) => Err(RowsError::RowOutOfRange {
-            position,
-            id: ids[position],
-            n_rows,
-        }),
+        Some(position) => Err(RowsError::RowOutOfRange { position, id: ids[position], n_rows }),
         None => Ok(()),
     }
 }
@@ -125,11 +95,7 @@ fn check_in_range(ids: &[u32], n_rows: usize) -> Result<(), RowsError> {
 /// Checks that ids are strictly increasing and below `n_rows`.
 pub(crate) fn check_increasing(ids: &[u32], n_rows: usize) -> Result<(), RowsError> {
     if let Some(w) = ids.windows(2).position(|w| w[1] <= w[0]) {
-        return Err(RowsError::NotStrictlyIncreasing {
-            position: w + 1,
-            prev: ids[w],
-            id: ids[w + 1],
-        });
+        return Err(RowsError::NotStrictlyIncreasing { position: w + 1, prev: ids[w], id: ids[w + 1] });
     }
     match ids.last() {
         Some(&last) if last as usize >= n_rows => check_in_range(ids, n_rows),
@@ -149,13 +115,8 @@ pub(crate) trait SplitRows: Send + Sized {
 /// Runs `leaf(ids, first_row, view)` over disjoint pieces of `view`, in parallel when the work is
 /// large. `ids` must be strictly increasing and every id ≥ `first_row`; `view` starts at row
 /// `first_row`. Recursion splits at the middle id, so no allocation happens.
-pub(crate) fn for_disjoint_rows<V, F>(
-    ids: &[u32],
-    first_row: usize,
-    row_len: usize,
-    view: V,
-    leaf: &F,
-) where
+pub(crate) fn for_disjoint_rows<V, F>(ids: &[u32], first_row: usize, row_len: usize, view: V, leaf: &F)
+where
     V: SplitRows,
     F: Fn(&[u32], usize, V) + Sync,
 {
@@ -167,21 +128,13 @@ pub(crate) fn for_disjoint_rows<V, F>(
     let mid = ids.len() / 2;
     let split_row = ids[mid] as usize;
     let (lo, hi) = view.split(split_row - first_row, mid);
-    rayon::join(
-        || for_disjoint_rows(&ids[..mid], first_row, row_len, lo, leaf),
-        || for_disjoint_rows(&ids[mid..], split_row, row_len, hi, leaf),
-    );
+    rayon::join(|| for_disjoint_rows(&ids[..mid], first_row, row_len, lo, leaf), || for_disjoint_rows(&ids[mid..], split_row, row_len, hi, leaf));
 }
 
 /// Copies rows `ids` of `src` (a store of `row_len`-element rows) into `dst`, in id order.
 ///
 /// `dst` must hold `ids.len() * row_len` elements. Ids may repeat and need not be sorted.
-pub fn gather_rows(
-    src: &[f32],
-    row_len: usize,
-    ids: &[u32],
-    dst: &mut [f32],
-) -> Result<(), RowsError> {
+pub fn gather_rows(src: &[f32], row_len: usize, ids: &[u32], dst: &mut [f32]) -> Result<(), RowsError> {
     let n = n_rows("src", src.len(), row_len)?;
     check_len("dst", dst.len(), ids.len() * row_len, row_len)?;
     check_in_range(ids, n)?;
@@ -191,11 +144,9 @@ pub fn gather_rows(
     };
     if dst.len() >= PAR_MIN_ELEMS {
         let rows_per_task = (LEAF_ELEMS / row_len).max(1);
-        dst.par_chunks_mut(rows_per_task * row_len)
-            .zip(ids.par_chunks(rows_per_task))
-            .for_each(|(out, ids)| {
-                out.chunks_exact_mut(row_len).zip(ids).for_each(copy);
-            });
+        dst.par_chunks_mut(rows_per_task * row_len).zip(ids.par_chunks(rows_per_task)).for_each(|(out, ids)| {
+            out.chunks_exact_mut(row_len).zip(ids).for_each(copy);
+        });
     } else {
         dst.chunks_exact_mut(row_len).zip(ids).for_each(copy);
     }
@@ -203,12 +154,7 @@ pub fn gather_rows(
 }
 
 /// Serial reference for [`gather_rows`] (same checks, same result).
-pub fn gather_rows_slow(
-    src: &[f32],
-    row_len: usize,
-    ids: &[u32],
-    dst: &mut [f32],
-) -> Result<(), RowsError> {
+pub fn gather_rows_slow(src: &[f32], row_len: usize, ids: &[u32], dst: &mut [f32]) -> Result<(), RowsError> {
     let n = n_rows("src", src.len(), row_len)?;
     check_len("dst", dst.len(), ids.len() * row_len, row_len)?;
     check_in_range(ids, n)?;
@@ -232,18 +178,7 @@ impl SplitRows for ScatterView<'_> {
         let (a0, a1) = self.acc.split_at_mut(rows * self.row_len);
         let (s0, s1) = self.src.split_at(pos * self.row_len);
         let row_len = self.row_len;
-        (
-            Self {
-                acc: a0,
-                src: s0,
-                row_len,
-            },
-            Self {
-                acc: a1,
-                src: s1,
-                row_len,
-            },
-        )
+        (Self { acc: a0, src: s0, row_len }, Self { acc: a1, src: s1, row_len })
     }
 }
 
@@ -251,12 +186,7 @@ impl SplitRows for ScatterView<'_> {
 ///
 /// `ids` must be strictly increasing. This is the gradient accumulation of spec §5 step 6; check
 /// the incoming gradients with [`crate::optim::first_non_finite`] first if they may be non-finite.
-pub fn scatter_add_rows(
-    acc: &mut [f32],
-    row_len: usize,
-    ids: &[u32],
-    src: &[f32],
-) -> Result<(), RowsError> {
+pub fn scatter_add_rows(acc: &mut [f32], row_len: usize, ids: &[u32], src: &[f32]) -> Result<(), RowsError> {
     let n = n_rows("acc", acc.len(), row_len)?;
     check_len("src", src.len(), ids.len() * row_len, row_len)?;
     check_increasing(ids, n)?;
@@ -273,12 +203,7 @@ pub fn scatter_add_rows(
 }
 
 /// Serial reference for [`scatter_add_rows`] (same checks, same result).
-pub fn scatter_add_rows_slow(
-    acc: &mut [f32],
-    row_len: usize,
-    ids: &[u32],
-    src: &[f32],
-) -> Result<(), RowsError> {
+pub fn scatter_add_rows_slow(acc: &mut [f32], row_len: usize, ids: &[u32], src: &[f32]) -> Result<(), RowsError> {
     let n = n_rows("acc", acc.len(), row_len)?;
     check_len("src", src.len(), ids.len() * row_len, row_len)?;
     check_increasing(ids, n)?;

@@ -82,20 +82,14 @@ impl SparseIndex {
                 for &(t, r) in &sel.pairs {
                     let (t, r) = (t as usize, r as usize);
                     if t >= sel.tokens || r >= rows {
-                        candle_core::bail!(
-                            "sparse adapter: pair (token {t}, row {r}) outside {}×{rows}",
-                            sel.tokens
-                        );
+                        candle_core::bail!("sparse adapter: pair (token {t}, row {r}) outside {}×{rows}", sel.tokens);
                     }
                     pos.push(u32::try_from(t * rows + r).map_err(candle_core::Error::wrap)?);
                     let e = sel.row_expert[r] as usize;
                     gpos.push(u32::try_from(t * n_experts + e).map_err(candle_core::Error::wrap)?);
                 }
                 let n = pos.len();
-                (
-                    Some(Tensor::from_vec(pos, n, device)?),
-                    Some(Tensor::from_vec(gpos, n, device)?),
-                )
+                (Some(Tensor::from_vec(pos, n, device)?), Some(Tensor::from_vec(gpos, n, device)?))
             }
         };
         Ok(Self { tokens: sel.tokens, rows, evaluation: sel.evaluation, pair_pos, pair_gate_pos, row_expert })
@@ -115,21 +109,11 @@ pub enum GateInput<'a> {
 ///
 /// # Shapes
 /// `x`: `T×d`; `keys`, `values`: `U×d`; gates `N×d`. Returns `T×d`.
-pub fn sparse_adapter_forward(
-    x: &Tensor,
-    keys: &Tensor,
-    values: &Tensor,
-    gate: GateInput<'_>,
-    index: &SparseIndex,
-) -> Result<Tensor> {
+pub fn sparse_adapter_forward(x: &Tensor, keys: &Tensor, values: &Tensor, gate: GateInput<'_>, index: &SparseIndex) -> Result<Tensor> {
     let (t, _) = x.dims2()?;
     let (u, _) = keys.dims2()?;
     if t != index.tokens || u != index.rows {
-        candle_core::bail!(
-            "sparse adapter: x has {t} tokens and the working set {u} rows, index built for {}×{}",
-            index.tokens,
-            index.rows
-        );
+        candle_core::bail!("sparse adapter: x has {t} tokens and the working set {u} rows, index built for {}×{}", index.tokens, index.rows);
     }
     let scores = x.matmul(&keys.t()?)?; // T×U
     let gate_scores = match gate {
@@ -159,14 +143,7 @@ pub fn sparse_adapter_forward(
 /// Loop-based reference of [`sparse_adapter_forward`] over row-major `f64` slices.
 ///
 /// `x` is `T×d`, `keys`/`values` `U×d`, `gates` (`Some` for gated scoring) `N×d`.
-pub fn sparse_adapter_forward_slow(
-    x: &[f64],
-    keys: &[f64],
-    values: &[f64],
-    gates: Option<&[f64]>,
-    sel: &SparseSelection,
-    d: usize,
-) -> Vec<f64> {
+pub fn sparse_adapter_forward_slow(x: &[f64], keys: &[f64], values: &[f64], gates: Option<&[f64]>, sel: &SparseSelection, d: usize) -> Vec<f64> {
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
     let mut y = vec![0.0; sel.tokens * d];
     let mut add = |t: usize, r: usize| {

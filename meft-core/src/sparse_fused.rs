@@ -187,7 +187,15 @@ impl SparseFused {
         let (d, ix) = (self.d, &*self.index);
         let n = ix.experts;
         let gate_scores: Vec<f32> = match gates {
-            Some(g) => x.par_chunks(d).flat_map_iter(|xt| vectorized(#[inline(always)] || (0..n).map(|e| dot(&g[e * d..(e + 1) * d], xt)).collect::<Vec<_>>())).collect(),
+            Some(g) => x
+                .par_chunks(d)
+                .flat_map_iter(|xt| {
+                    vectorized(
+                        #[inline(always)]
+                        || (0..n).map(|e| dot(&g[e * d..(e + 1) * d], xt)).collect::<Vec<_>>(),
+                    )
+                })
+                .collect(),
             None => Vec::new(),
         };
         let mut kx = vec![0f32; ix.len()];
@@ -196,20 +204,25 @@ impl SparseFused {
         let per_token: Vec<(std::ops::Range<usize>, &mut [f32])> = (0..ix.tokens).map(|t| ix.token_pairs(t)).zip(y.chunks_mut(d)).collect();
         let kx_parts = split_by_ranges(&mut kx, ix);
         let factor_parts = split_by_ranges(&mut factor, ix);
-        per_token.into_par_iter().zip(kx_parts).zip(factor_parts).enumerate().for_each(|(t, (((range, yt), kxs), fs))| vectorized(#[inline(always)] || {
-            let xt = &x[t * d..(t + 1) * d];
-            for (j, p) in range.enumerate() {
-                let r = ix.pair_row[p] as usize;
-                let row = &ws[r * 2 * d..(r + 1) * 2 * d];
-                let k = dot(&row[..d], xt);
-                let f = if gates.is_some() { gate_scores[t * n + ix.row_expert[r] as usize] } else { 1.0 };
-                (kxs[j], fs[j]) = (k, f);
-                let a = (k * f).max(0.0);
-                if a > 0.0 {
-                    axpy(a, &row[d..], yt);
-                }
-            }
-        }));
+        per_token.into_par_iter().zip(kx_parts).zip(factor_parts).enumerate().for_each(|(t, (((range, yt), kxs), fs))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let xt = &x[t * d..(t + 1) * d];
+                    for (j, p) in range.enumerate() {
+                        let r = ix.pair_row[p] as usize;
+                        let row = &ws[r * 2 * d..(r + 1) * 2 * d];
+                        let k = dot(&row[..d], xt);
+                        let f = if gates.is_some() { gate_scores[t * n + ix.row_expert[r] as usize] } else { 1.0 };
+                        (kxs[j], fs[j]) = (k, f);
+                        let a = (k * f).max(0.0);
+                        if a > 0.0 {
+                            axpy(a, &row[d..], yt);
+                        }
+                    }
+                },
+            )
+        });
         *self.saved.lock().map_err(|_| candle_core::Error::Msg("sparse fused: poisoned lock".into()))? = Some(Arc::new(Saved { kx, factor }));
         Ok(y)
     }
@@ -224,64 +237,84 @@ impl SparseFused {
         let mut delta = vec![0f32; ix.len()];
         let mut act = vec![0f32; ix.len()];
         let parts = split_by_ranges(&mut delta, ix).into_iter().zip(split_by_ranges(&mut act, ix));
-        parts.collect::<Vec<_>>().into_par_iter().enumerate().for_each(|(t, (ds, acts))| vectorized(#[inline(always)] || {
-            let dyt = &dy[t * d..(t + 1) * d];
-            for (j, p) in ix.token_pairs(t).enumerate() {
-                let r = ix.pair_row[p] as usize;
-                let s = saved.kx[p] * saved.factor[p];
-                if s > 0.0 {
-                    (ds[j], acts[j]) = (dot(dyt, &ws[r * 2 * d + d..(r + 1) * 2 * d]), s);
-                }
-            }
-        }));
+        parts.collect::<Vec<_>>().into_par_iter().enumerate().for_each(|(t, (ds, acts))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let dyt = &dy[t * d..(t + 1) * d];
+                    for (j, p) in ix.token_pairs(t).enumerate() {
+                        let r = ix.pair_row[p] as usize;
+                        let s = saved.kx[p] * saved.factor[p];
+                        if s > 0.0 {
+                            (ds[j], acts[j]) = (dot(dyt, &ws[r * 2 * d + d..(r + 1) * 2 * d]), s);
+                        }
+                    }
+                },
+            )
+        });
         // ∂x and the per-(token, expert) gate-score gradients D.
         let mut dx = vec![0f32; ix.tokens * d];
         let mut dgs = vec![0f32; if gates.is_some() { ix.tokens * n } else { 0 }];
         let dgs_rows: Vec<&mut [f32]> = if gates.is_some() { dgs.chunks_mut(n).collect() } else { (0..ix.tokens).map(|_| &mut [][..]).collect() };
-        dx.par_chunks_mut(d).zip(dgs_rows).enumerate().for_each(|(t, (dxt, dgt))| vectorized(#[inline(always)] || {
-            for p in ix.token_pairs(t) {
-                let r = ix.pair_row[p] as usize;
-                let (f, k) = (saved.factor[p], saved.kx[p]);
-                if delta[p] != 0.0 {
-                    axpy(delta[p] * f, &ws[r * 2 * d..r * 2 * d + d], dxt);
-                    if !dgt.is_empty() {
-                        dgt[ix.row_expert[r] as usize] += delta[p] * k;
+        dx.par_chunks_mut(d).zip(dgs_rows).enumerate().for_each(|(t, (dxt, dgt))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for p in ix.token_pairs(t) {
+                        let r = ix.pair_row[p] as usize;
+                        let (f, k) = (saved.factor[p], saved.kx[p]);
+                        if delta[p] != 0.0 {
+                            axpy(delta[p] * f, &ws[r * 2 * d..r * 2 * d + d], dxt);
+                            if !dgt.is_empty() {
+                                dgt[ix.row_expert[r] as usize] += delta[p] * k;
+                            }
+                        }
                     }
-                }
-            }
-            if let Some(g) = gates {
-                for (e, &de) in dgt.iter().enumerate() {
-                    if de != 0.0 {
-                        axpy(de, &g[e * d..(e + 1) * d], dxt);
+                    if let Some(g) = gates {
+                        for (e, &de) in dgt.iter().enumerate() {
+                            if de != 0.0 {
+                                axpy(de, &g[e * d..(e + 1) * d], dxt);
+                            }
+                        }
                     }
-                }
-            }
-        }));
+                },
+            )
+        });
         // ∂k, ∂v per row over the row's pairs.
         let mut dws = vec![0f32; ix.rows * 2 * d];
-        dws.par_chunks_mut(2 * d).enumerate().for_each(|(r, drow)| vectorized(#[inline(always)] || {
-            let (dk, dv) = drow.split_at_mut(d);
-            for &p in ix.row_pair_ids(r) {
-                let (p, t) = (p as usize, ix.pair_token[p as usize] as usize);
-                if delta[p] != 0.0 {
-                    axpy(delta[p] * saved.factor[p], &x[t * d..(t + 1) * d], dk);
-                }
-                if act[p] != 0.0 {
-                    axpy(act[p], &dy[t * d..(t + 1) * d], dv);
-                }
-            }
-        }));
+        dws.par_chunks_mut(2 * d).enumerate().for_each(|(r, drow)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (dk, dv) = drow.split_at_mut(d);
+                    for &p in ix.row_pair_ids(r) {
+                        let (p, t) = (p as usize, ix.pair_token[p as usize] as usize);
+                        if delta[p] != 0.0 {
+                            axpy(delta[p] * saved.factor[p], &x[t * d..(t + 1) * d], dk);
+                        }
+                        if act[p] != 0.0 {
+                            axpy(act[p], &dy[t * d..(t + 1) * d], dv);
+                        }
+                    }
+                },
+            )
+        });
         // ∂G = Dᵀ·x.
         let mut dg = vec![0f32; if gates.is_some() { n * d } else { 0 }];
         if gates.is_some() {
-            dg.par_chunks_mut(d).enumerate().for_each(|(e, dge)| vectorized(#[inline(always)] || {
-                for t in 0..ix.tokens {
-                    let de = dgs[t * n + e];
-                    if de != 0.0 {
-                        axpy(de, &x[t * d..(t + 1) * d], dge);
-                    }
-                }
-            }));
+            dg.par_chunks_mut(d).enumerate().for_each(|(e, dge)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for t in 0..ix.tokens {
+                            let de = dgs[t * n + e];
+                            if de != 0.0 {
+                                axpy(de, &x[t * d..(t + 1) * d], dge);
+                            }
+                        }
+                    },
+                )
+            });
         }
         Ok((dx, dws, dg))
     }
@@ -346,7 +379,11 @@ impl CustomOp3 for SparseFused {
         let g = g.contiguous()?;
         let (dx, dws, dg) = with_tensors([x, ws, gates, &g], |[x, ws, gt, g]| self.backward(x, ws, Some(gt), g))?;
         let dev = x.device();
-        Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), Some(Tensor::from_vec(dws, ws.shape(), dev)?), Some(Tensor::from_vec(dg, gates.shape(), dev)?)))
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dws, ws.shape(), dev)?),
+            Some(Tensor::from_vec(dg, gates.shape(), dev)?),
+        ))
     }
 }
 

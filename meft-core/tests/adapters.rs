@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use meft_core::adapters::{
-    Activation, DeviceAdamW, LoraAdapter, LoraConfig, ParallelAdapter, ParallelAdapterLayer, Phase, Trainable,
-};
+use meft_core::adapters::{Activation, DeviceAdamW, LoraAdapter, LoraConfig, ParallelAdapter, ParallelAdapterLayer, Phase, Trainable};
 use meft_core::optim::{AdamWBuffers, AdamWConfig, adamw_dense_slow};
 use meft_core::{AdapterHook, LinearSite};
 
@@ -21,10 +19,8 @@ fn parallel_adapter_computes_act_of_keys_times_values() {
     let values = ramp(m * d, -0.2);
     let x = ramp(2 * d, 0.3);
     for act in [Activation::Relu, Activation::Silu] {
-        let layer = ParallelAdapterLayer {
-            keys: Var::from_slice(&keys, (m, d), &dev).unwrap(),
-            values: Var::from_slice(&values, (m, d), &dev).unwrap(),
-        };
+        let layer =
+            ParallelAdapterLayer { keys: Var::from_slice(&keys, (m, d), &dev).unwrap(), values: Var::from_slice(&values, (m, d), &dev).unwrap() };
         let pa = ParallelAdapter::from_layers(act, BTreeMap::from([(1, layer)]));
         let xt = Tensor::from_slice(&x, (1, 2, d), &dev).unwrap();
         assert!(pa.ffn(0, &xt).unwrap().is_none());
@@ -113,7 +109,14 @@ fn adapter_h_matches_the_loop_reference_and_starts_at_zero() {
     assert!(a.adapts_ffn_output(2) && !a.adapts_ffn_output(1) && !a.adapts_projections(2));
     let y = Tensor::from_slice(&ramp(t * d, 0.4), (1, t, d), &dev).unwrap();
     let got = f64s(&a.ffn_output(2, &y).unwrap().unwrap());
-    let want = houlsby_forward_slow(&f64s(&y), &f64s(layer.down.as_tensor()), &f64s(layer.down_bias.as_tensor()), &f64s(layer.up.as_tensor()), &f64s(layer.up_bias.as_tensor()), d);
+    let want = houlsby_forward_slow(
+        &f64s(&y),
+        &f64s(layer.down.as_tensor()),
+        &f64s(layer.down_bias.as_tensor()),
+        &f64s(layer.up.as_tensor()),
+        &f64s(layer.up_bias.as_tensor()),
+        d,
+    );
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() < 1e-5, "{g} vs {w}");
     }

@@ -1,9 +1,7 @@
 //! The sparse adapter op against its loop reference, finite differences and the dense adapter.
 
 use candle_core::{DType, Device, Tensor, Var};
-use meft_core::sparse::{
-    Evaluation, GateInput, SparseIndex, SparseSelection, sparse_adapter_forward, sparse_adapter_forward_slow,
-};
+use meft_core::sparse::{Evaluation, GateInput, SparseIndex, SparseSelection, sparse_adapter_forward, sparse_adapter_forward_slow};
 
 /// Small deterministic generator (xorshift) so the tests need no RNG crate.
 struct Rng(u64);

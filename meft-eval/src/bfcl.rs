@@ -28,45 +28,26 @@ pub fn bfcl_row(row: &Row<'_>) -> Result<Example> {
     };
     let expected = match row.get(&["ground_truth"]) {
         Some(value) => ToolExpectation::Calls(expected_calls(row, value)?),
-        None if id.starts_with("irrelevance") || id.starts_with("live_irrelevance") => {
-            ToolExpectation::NoCall
-        }
+        None if id.starts_with("irrelevance") || id.starts_with("live_irrelevance") => ToolExpectation::NoCall,
         None if id.starts_with("live_relevance") => ToolExpectation::AnyCall,
         None => {
-            return Err(row.schema_error(
-                &["ground_truth"],
-                "missing; only (live_)irrelevance and live_relevance rows may omit it",
-            ));
+            return Err(row.schema_error(&["ground_truth"], "missing; only (live_)irrelevance and live_relevance rows may omit it"));
         }
     };
-    Ok(Example::Tool(ToolExample {
-        id,
-        messages,
-        functions: functions.clone(),
-        expected,
-    }))
+    Ok(Example::Tool(ToolExample { id, messages, functions: functions.clone(), expected }))
 }
 
 /// The single turn of `question` (`[[{role, content}, ..]]`) as chat messages.
 fn question_messages(row: &Row<'_>) -> Result<Vec<ChatMessage>> {
-    let turns = row
-        .require(&["question"])?
-        .as_array()
-        .filter(|turns| !turns.is_empty());
+    let turns = row.require(&["question"])?.as_array().filter(|turns| !turns.is_empty());
     let Some(turns) = turns else {
         return Err(row.schema_error(&["question"], "expected a non-empty array of turns"));
     };
     if turns.len() != 1 {
-        return Err(row.schema_error(
-            &["question"],
-            format!("{} turns; {UNSUPPORTED}", turns.len()),
-        ));
+        return Err(row.schema_error(&["question"], format!("{} turns; {UNSUPPORTED}", turns.len())));
     }
     let Some(messages) = turns[0].as_array() else {
-        return Err(row.schema_error(
-            &["question[0]"],
-            "expected an array of {role, content} messages",
-        ));
+        return Err(row.schema_error(&["question[0]"], "expected an array of {role, content} messages"));
     };
     messages
         .iter()
@@ -77,10 +58,7 @@ fn question_messages(row: &Row<'_>) -> Result<Vec<ChatMessage>> {
             let content = m.get("content").and_then(Value::as_str);
             match (role, content) {
                 (Some(role), Some(content)) => Ok(ChatMessage::new(role, content)),
-                _ => Err(row.schema_error(
-                    &[&field],
-                    "expected {role: system|user|assistant|tool, content: string}",
-                )),
+                _ => Err(row.schema_error(&[&field], "expected {role: system|user|assistant|tool, content: string}")),
             }
         })
         .collect()
@@ -89,10 +67,7 @@ fn question_messages(row: &Row<'_>) -> Result<Vec<ChatMessage>> {
 /// Parses `[{"<function>": {"<param>": [allowed, ..]}}, ..]`.
 fn expected_calls(row: &Row<'_>, value: &Value) -> Result<Vec<ExpectedCall>> {
     let Value::Array(items) = value else {
-        return Err(row.schema_error(
-            &["ground_truth"],
-            format!("expected an array, found {}", kind(value)),
-        ));
+        return Err(row.schema_error(&["ground_truth"], format!("expected an array, found {}", kind(value))));
     };
     items
         .iter()
@@ -101,31 +76,19 @@ fn expected_calls(row: &Row<'_>, value: &Value) -> Result<Vec<ExpectedCall>> {
             let field = format!("ground_truth[{i}]");
             let call = item.as_object().filter(|o| o.len() == 1);
             let Some((name, args)) = call.and_then(|o| o.iter().next()) else {
-                return Err(row.schema_error(
-                    &[&field],
-                    format!("expected {{\"<function>\": {{..}}}}; {UNSUPPORTED}"),
-                ));
+                return Err(row.schema_error(&[&field], format!("expected {{\"<function>\": {{..}}}}; {UNSUPPORTED}")));
             };
             let Some(args) = args.as_object() else {
-                return Err(row.schema_error(
-                    &[&field, name],
-                    "expected an object of parameter -> allowed values",
-                ));
+                return Err(row.schema_error(&[&field, name], "expected an object of parameter -> allowed values"));
             };
             let args = args
                 .iter()
                 .map(|(param, allowed)| match allowed {
                     Value::Array(values) => Ok((param.clone(), values.clone())),
-                    other => Err(row.schema_error(
-                        &[&field, name, param],
-                        format!("expected an array of allowed values, found {}", kind(other)),
-                    )),
+                    other => Err(row.schema_error(&[&field, name, param], format!("expected an array of allowed values, found {}", kind(other)))),
                 })
                 .collect::<Result<BTreeMap<_, _>>>()?;
-            Ok(ExpectedCall {
-                name: name.clone(),
-                args,
-            })
+            Ok(ExpectedCall { name: name.clone(), args })
         })
         .collect()
 }

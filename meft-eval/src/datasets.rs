@@ -68,10 +68,7 @@ impl Dataset {
                 _ => {
                     return Err(EvalError::UnknownDataset {
                         name: name.to_owned(),
-                        known: format!(
-                            "{}, bfcl_<category>, user_qa, user_instruction, user_chat",
-                            BENCHMARK_NAMES.join(", ")
-                        ),
+                        known: format!("{}, bfcl_<category>, user_qa, user_instruction, user_chat", BENCHMARK_NAMES.join(", ")),
                     });
                 }
             },
@@ -122,12 +119,7 @@ pub(crate) fn check_unique_ids(path: &Path, examples: &[Example]) -> Result<()> 
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(examples.len());
     for (index, example) in examples.iter().enumerate() {
         if let Some(&first) = seen.get(example.id()) {
-            return Err(EvalError::DuplicateId {
-                path: path.to_path_buf(),
-                line: index + 1,
-                id: example.id().to_owned(),
-                first_line: first,
-            });
+            return Err(EvalError::DuplicateId { path: path.to_path_buf(), line: index + 1, id: example.id().to_owned(), first_line: first });
         }
         seen.insert(example.id(), index + 1);
     }
@@ -148,10 +140,7 @@ fn dedup_nonempty(items: impl IntoIterator<Item = String>) -> Vec<String> {
 /// Fails when a row has no usable gold answer.
 fn require_answers(row: &Row<'_>, field: &[&str], answers: Vec<String>) -> Result<Vec<String>> {
     if answers.is_empty() {
-        return Err(row.schema_error(
-            field,
-            "no non-empty answer; every example needs at least one",
-        ));
+        return Err(row.schema_error(field, "no non-empty answer; every example needs at least one"));
     }
     Ok(answers)
 }
@@ -160,12 +149,7 @@ fn nq_open_row(row: &Row<'_>) -> Result<Example> {
     let question = row.str(&["question"])?.to_owned();
     let answers = require_answers(row, &["answer"], dedup_nonempty(row.str_list(&["answer"])?))?;
     let id = format!("nq-{:016x}", fnv1a64(question.as_bytes()));
-    Ok(Example::Qa(QaExample {
-        id,
-        question,
-        answers,
-        context: None,
-    }))
+    Ok(Example::Qa(QaExample { id, question, answers, context: None }))
 }
 
 fn trivia_qa_row(row: &Row<'_>) -> Result<Example> {
@@ -186,10 +170,7 @@ fn trivia_qa_row(row: &Row<'_>) -> Result<Example> {
 
 fn squad_row(row: &Row<'_>) -> Result<Example> {
     let (question, text) = match row.get(&["question"]) {
-        Some(_) => (
-            row.str(&["question"])?.to_owned(),
-            row.str(&["context"])?.to_owned(),
-        ),
+        Some(_) => (row.str(&["question"])?.to_owned(), row.str(&["context"])?.to_owned()),
         None => split_squad_query(row)?,
     };
     let answers = match row.get(&["answers_text"]) {
@@ -200,10 +181,7 @@ fn squad_row(row: &Row<'_>) -> Result<Example> {
         id: row.id(&["id"])?,
         question,
         answers: require_answers(row, &["answers_text"], dedup_nonempty(answers))?,
-        context: Some(Passage {
-            title: row.opt_str(&["title"])?.map(str::to_owned),
-            text,
-        }),
+        context: Some(Passage { title: row.opt_str(&["title"])?.map(str::to_owned), text }),
     }))
 }
 
@@ -211,33 +189,18 @@ fn squad_row(row: &Row<'_>) -> Result<Example> {
 fn split_squad_query(row: &Row<'_>) -> Result<(String, String)> {
     let query = row.str(&["query"])?;
     let shape = "expected `Title: ..\\nBackground: <context>\\nQuestion: <question>\\nAnswer:`";
-    let (head, question_part) = query
-        .rsplit_once("\nQuestion: ")
-        .ok_or_else(|| row.schema_error(&["query"], shape))?;
-    let (_, context) = head
-        .split_once("Background: ")
-        .ok_or_else(|| row.schema_error(&["query"], shape))?;
-    let question = question_part
-        .trim_end()
-        .strip_suffix("Answer:")
-        .unwrap_or(question_part)
-        .trim();
+    let (head, question_part) = query.rsplit_once("\nQuestion: ").ok_or_else(|| row.schema_error(&["query"], shape))?;
+    let (_, context) = head.split_once("Background: ").ok_or_else(|| row.schema_error(&["query"], shape))?;
+    let question = question_part.trim_end().strip_suffix("Answer:").unwrap_or(question_part).trim();
     Ok((question.to_owned(), context.trim().to_owned()))
 }
 
 fn gsm8k_row(row: &Row<'_>) -> Result<Example> {
     let answer = row.str(&["answer"])?;
-    let (rationale, final_answer) = answer.rsplit_once("####").ok_or_else(|| {
-        row.schema_error(
-            &["answer"],
-            "expected the GSM8K form `<rationale>\\n#### <number>`",
-        )
-    })?;
+    let (rationale, final_answer) =
+        answer.rsplit_once("####").ok_or_else(|| row.schema_error(&["answer"], "expected the GSM8K form `<rationale>\\n#### <number>`"))?;
     let final_answer = final_answer.trim().to_owned();
-    let solution = format!(
-        "{}\nThe answer is: {final_answer}",
-        strip_calculator_annotations(rationale).trim_end()
-    );
+    let solution = format!("{}\nThe answer is: {final_answer}", strip_calculator_annotations(rationale).trim_end());
     Ok(Example::Math(MathExample {
         id: row.id(&["id"])?,
         question: row.str(&["question"])?.to_owned(),
@@ -271,11 +234,7 @@ fn math_row(row: &Row<'_>) -> Result<Example> {
     let solution = row.str(&["solution"])?.to_owned();
     let final_answer = match row.opt_str(&["answer"])? {
         Some(answer) => answer.to_owned(),
-        None => last_boxed(&solution)
-            .ok_or_else(|| {
-                row.schema_error(&["answer"], "absent, and the solution has no \\boxed{...}")
-            })?
-            .to_owned(),
+        None => last_boxed(&solution).ok_or_else(|| row.schema_error(&["answer"], "absent, and the solution has no \\boxed{...}"))?.to_owned(),
     };
     Ok(Example::Math(MathExample {
         id: format!("{subject}-{}", row.id(&["index"])?),
@@ -293,48 +252,26 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_names_list_the_known_ones() {
-        for name in [
-            "nq_open",
-            "trivia_qa",
-            "squad",
-            "gsm8k",
-            "math",
-            "bfcl_simple_python",
-            "user_qa",
-            "user_chat",
-        ] {
+        for name in ["nq_open", "trivia_qa", "squad", "gsm8k", "math", "bfcl_simple_python", "user_qa", "user_chat"] {
             assert_eq!(Dataset::parse(name).unwrap().name(), name);
         }
         let err = Dataset::parse("nq").unwrap_err().to_string();
-        assert!(
-            err.contains("unknown dataset `nq`") && err.contains("trivia_qa"),
-            "{err}"
-        );
+        assert!(err.contains("unknown dataset `nq`") && err.contains("trivia_qa"), "{err}");
         assert!(Dataset::parse("bfcl_").is_err());
     }
 
     #[test]
     fn calculator_annotations_are_removed() {
-        let text =
-            "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.";
-        assert_eq!(
-            strip_calculator_annotations(text),
-            "Janet sells 16 - 3 - 4 = 9 duck eggs.\nShe makes 9 * 2 = $18."
-        );
+        let text = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.";
+        assert_eq!(strip_calculator_annotations(text), "Janet sells 16 - 3 - 4 = 9 duck eggs.\nShe makes 9 * 2 = $18.");
         assert_eq!(strip_calculator_annotations("a <<unclosed"), "a <<unclosed");
     }
 
     #[test]
     fn cache_files_are_named_after_the_dataset() {
         let dir = Path::new("/cache/data");
-        assert_eq!(
-            Dataset::NqOpen.cache_file(dir).unwrap(),
-            dir.join("nq_open.jsonl")
-        );
-        assert_eq!(
-            Dataset::Bfcl("multiple".into()).cache_file(dir).unwrap(),
-            dir.join("bfcl_multiple.jsonl")
-        );
+        assert_eq!(Dataset::NqOpen.cache_file(dir).unwrap(), dir.join("nq_open.jsonl"));
+        assert_eq!(Dataset::Bfcl("multiple".into()).cache_file(dir).unwrap(), dir.join("bfcl_multiple.jsonl"));
         assert!(Dataset::User(UserFormat::Qa).cache_file(dir).is_none());
     }
 }

@@ -47,9 +47,7 @@ pub enum EvalError {
         known: String,
     },
     /// Two rows of one file share an id.
-    #[error(
-        "{path}:{line}: duplicate id `{id}` (first seen on line {first_line}); ids must be unique"
-    )]
+    #[error("{path}:{line}: duplicate id `{id}` (first seen on line {first_line}); ids must be unique")]
     DuplicateId {
         /// The file.
         path: PathBuf,
@@ -61,9 +59,7 @@ pub enum EvalError {
         first_line: usize,
     },
     /// A prediction names an id that the dataset does not have.
-    #[error(
-        "{path}:{line}: prediction id `{id}` is not in dataset `{dataset}`; check that the predictions match the dataset"
-    )]
+    #[error("{path}:{line}: prediction id `{id}` is not in dataset `{dataset}`; check that the predictions match the dataset")]
     UnknownPredictionId {
         /// The predictions file.
         path: PathBuf,
@@ -109,10 +105,7 @@ pub enum EvalError {
 impl EvalError {
     /// Wraps an I/O error with the file it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 }
 

@@ -8,51 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Who wrote a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Instructions for the assistant.
-    System,
-    /// The user.
-    User,
-    /// The model.
-    Assistant,
-    /// A tool's output.
-    Tool,
-}
-
-impl Role {
-    /// Parses the usual role names (`system`, `user`, `assistant`, `tool`).
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "system" => Some(Self::System),
-            "user" => Some(Self::User),
-            "assistant" => Some(Self::Assistant),
-            "tool" => Some(Self::Tool),
-            _ => None,
-        }
-    }
-}
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// Author.
-    pub role: Role,
-    /// Text.
-    pub content: String,
-}
-
-impl ChatMessage {
-    /// A message from `role`.
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-        }
-    }
-}
+/// Who wrote a chat message, and the message: the model crate's chat types, one owner.
+pub use meft_models::chat::{Message as ChatMessage, Role};
 
 /// Open-domain or reading-comprehension question answering (NQ-open, TriviaQA, SQuAD, user QA).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,11 +148,7 @@ impl Example {
                 ToolExpectation::NoCall | ToolExpectation::AnyCall => Vec::new(),
             },
             Self::Instruction(e) => vec![e.output.clone()],
-            Self::Chat(e) => e
-                .messages
-                .last()
-                .map(|m| vec![m.content.clone()])
-                .unwrap_or_default(),
+            Self::Chat(e) => e.messages.last().map(|m| vec![m.content.clone()]).unwrap_or_default(),
         }
     }
 }

@@ -59,12 +59,7 @@ pub struct Column {
 impl Column {
     /// A column.
     pub fn new(name: &str, unit: &str, description: &str, values: ColumnValues) -> Self {
-        Self {
-            name: name.into(),
-            unit: unit.into(),
-            description: description.into(),
-            values,
-        }
+        Self { name: name.into(), unit: unit.into(), description: description.into(), values }
     }
 }
 
@@ -86,11 +81,7 @@ impl Table {
         match self.columns.iter().find(|c| c.values.len() != rows) {
             Some(c) => Err(EvalError::Table {
                 table: self.name.clone(),
-                problem: format!(
-                    "column `{}` has {} rows, expected {rows}",
-                    c.name,
-                    c.values.len()
-                ),
+                problem: format!("column `{}` has {} rows, expected {rows}", c.name, c.values.len()),
             }),
             None => Ok(rows),
         }
@@ -102,76 +93,23 @@ impl Table {
 /// `has_prediction` 0.
 pub fn report_table(report: &Report) -> Table {
     let rows = &report.examples;
-    let text = |f: fn(&crate::score::ExampleResult) -> String| {
-        ColumnValues::Text(rows.iter().map(f).collect())
-    };
-    let score = |f: fn(&crate::score::ExampleScores) -> Option<f64>| {
-        ColumnValues::F64(
-            rows.iter()
-                .map(|r| f(&r.scores).unwrap_or(f64::NAN))
-                .collect(),
-        )
-    };
-    let has = ColumnValues::U64(
-        rows.iter()
-            .map(|r| u64::from(r.prediction.is_some()))
-            .collect(),
-    );
+    let text = |f: fn(&crate::score::ExampleResult) -> String| ColumnValues::Text(rows.iter().map(f).collect());
+    let score =
+        |f: fn(&crate::score::ExampleScores) -> Option<f64>| ColumnValues::F64(rows.iter().map(|r| f(&r.scores).unwrap_or(f64::NAN)).collect());
+    let has = ColumnValues::U64(rows.iter().map(|r| u64::from(r.prediction.is_some())).collect());
     let columns = vec![
         Column::new("id", "text", "example id", text(|r| r.id.clone())),
-        Column::new(
-            "prediction",
-            "text",
-            "model output",
-            text(|r| r.prediction.clone().unwrap_or_default()),
-        ),
+        Column::new("prediction", "text", "model output", text(|r| r.prediction.clone().unwrap_or_default())),
         Column::new("has_prediction", "1", "1 when a prediction was given", has),
-        Column::new(
-            "references",
-            "text",
-            "gold references as a JSON array",
-            text(|r| serde_json::to_string(&r.references).unwrap_or_default()),
-        ),
-        Column::new(
-            "primary",
-            "1",
-            "primary metric (0 or 1)",
-            score(|s| Some(s.primary)),
-        ),
-        Column::new(
-            "squad_em",
-            "1",
-            "SQuAD-normalised EM (NaN: not a text metric)",
-            score(|s| s.squad_em),
-        ),
-        Column::new(
-            "squad_f1",
-            "1",
-            "SQuAD token F1 (NaN: not a text metric)",
-            score(|s| s.squad_f1),
-        ),
-        Column::new(
-            "api_iou",
-            "1",
-            "IoU of called vs expected function names (NaN: undefined)",
-            score(|s| s.api_iou),
-        ),
-        Column::new(
-            "extracted",
-            "text",
-            "answer read from the prediction",
-            text(|r| r.scores.extracted.clone().unwrap_or_default()),
-        ),
+        Column::new("references", "text", "gold references as a JSON array", text(|r| serde_json::to_string(&r.references).unwrap_or_default())),
+        Column::new("primary", "1", "primary metric (0 or 1)", score(|s| Some(s.primary))),
+        Column::new("squad_em", "1", "SQuAD-normalised EM (NaN: not a text metric)", score(|s| s.squad_em)),
+        Column::new("squad_f1", "1", "SQuAD token F1 (NaN: not a text metric)", score(|s| s.squad_f1)),
+        Column::new("api_iou", "1", "IoU of called vs expected function names (NaN: undefined)", score(|s| s.api_iou)),
+        Column::new("extracted", "text", "answer read from the prediction", text(|r| r.scores.extracted.clone().unwrap_or_default())),
     ];
     let metric = serde_json::to_string(&report.metric).unwrap_or_default();
-    Table {
-        name: "predictions".into(),
-        description: format!(
-            "one row per scored example of `{}`; metric {metric}",
-            report.dataset
-        ),
-        columns,
-    }
+    Table { name: "predictions".into(), description: format!("one row per scored example of `{}`; metric {metric}", report.dataset), columns }
 }
 
 /// Writes `tables` with `metadata` to the HDF5 file `path` (replacing it atomically).
@@ -182,20 +120,13 @@ pub fn write_tables(path: &Path, metadata: &RunMetadata, tables: &[Table]) -> Re
     let tmp = temp_path(path);
     let err = |what: &str| {
         let what = what.to_owned();
-        move |source| EvalError::Hdf5 {
-            path: path.to_path_buf(),
-            what,
-            source,
-        }
+        move |source| EvalError::Hdf5 { path: path.to_path_buf(), what, source }
     };
     {
         let file = hdf5::File::create(&tmp).map_err(err("create file"))?;
         let root_attrs = [
             ("format", FORMAT.to_owned()),
-            (
-                "producer",
-                format!("meft-eval {}", env!("CARGO_PKG_VERSION")),
-            ),
+            ("producer", format!("meft-eval {}", env!("CARGO_PKG_VERSION"))),
             ("config", metadata.config_json.clone()),
             ("git_revision", metadata.git_revision.clone()),
             ("description", metadata.description.clone()),
@@ -215,27 +146,15 @@ fn write_table(file: &hdf5::File, table: &Table) -> hdf5::Result<()> {
     let group = file.create_group(&table.name)?;
     text_attr(&group, "description", &table.description)?;
     let rows = table.columns.first().map_or(0, |c| c.values.len()) as u64;
-    group
-        .new_attr::<u64>()
-        .create("rows")?
-        .write_scalar(&rows)?;
+    group.new_attr::<u64>().create("rows")?.write_scalar(&rows)?;
     for column in &table.columns {
         let builder = group.new_dataset_builder();
         let dataset = match &column.values {
-            ColumnValues::F64(v) => builder
-                .with_data(v.as_slice())
-                .create(column.name.as_str())?,
-            ColumnValues::U64(v) => builder
-                .with_data(v.as_slice())
-                .create(column.name.as_str())?,
+            ColumnValues::F64(v) => builder.with_data(v.as_slice()).create(column.name.as_str())?,
+            ColumnValues::U64(v) => builder.with_data(v.as_slice()).create(column.name.as_str())?,
             ColumnValues::Text(v) => {
-                let texts = v
-                    .iter()
-                    .map(|s| to_varlen(s))
-                    .collect::<hdf5::Result<Vec<_>>>()?;
-                builder
-                    .with_data(texts.as_slice())
-                    .create(column.name.as_str())?
+                let texts = v.iter().map(|s| to_varlen(s)).collect::<hdf5::Result<Vec<_>>>()?;
+                builder.with_data(texts.as_slice()).create(column.name.as_str())?
             }
         };
         text_attr(&dataset, "unit", &column.unit)?;
@@ -246,16 +165,11 @@ fn write_table(file: &hdf5::File, table: &Table) -> hdf5::Result<()> {
 
 /// HDF5 strings cannot hold NUL; it is replaced by U+FFFD.
 fn to_varlen(text: &str) -> hdf5::Result<VarLenUnicode> {
-    text.replace('\0', "\u{fffd}")
-        .parse::<VarLenUnicode>()
-        .map_err(|e| hdf5::Error::from(e.to_string()))
+    text.replace('\0', "\u{fffd}").parse::<VarLenUnicode>().map_err(|e| hdf5::Error::from(e.to_string()))
 }
 
 fn text_attr(location: &hdf5::Location, name: &str, value: &str) -> hdf5::Result<()> {
-    location
-        .new_attr::<VarLenUnicode>()
-        .create(name)?
-        .write_scalar(&to_varlen(value)?)
+    location.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&to_varlen(value)?)
 }
 
 #[cfg(test)]

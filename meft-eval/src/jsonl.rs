@@ -35,11 +35,7 @@ pub fn map_rows<T>(path: &Path, mut parse: impl FnMut(&Row<'_>) -> Result<T>) ->
             continue;
         }
         let line_no = index + 1;
-        let value: Value = serde_json::from_str(&line_text).map_err(|source| EvalError::Json {
-            path: path.to_path_buf(),
-            line: line_no,
-            source,
-        })?;
+        let value: Value = serde_json::from_str(&line_text).map_err(|source| EvalError::Json { path: path.to_path_buf(), line: line_no, source })?;
         let Value::Object(object) = value else {
             return Err(EvalError::Schema {
                 path: path.to_path_buf(),
@@ -48,11 +44,7 @@ pub fn map_rows<T>(path: &Path, mut parse: impl FnMut(&Row<'_>) -> Result<T>) ->
                 problem: format!("expected a JSON object, found {}", kind(&value)),
             });
         };
-        out.push(parse(&Row {
-            path,
-            line: line_no,
-            object,
-        })?);
+        out.push(parse(&Row { path, line: line_no, object })?);
     }
     Ok(out)
 }
@@ -72,12 +64,7 @@ pub fn kind(value: &Value) -> &'static str {
 impl Row<'_> {
     /// A schema error for `field` on this row.
     pub fn schema_error(&self, field: &[&str], problem: impl Into<String>) -> EvalError {
-        EvalError::Schema {
-            path: self.path.to_path_buf(),
-            line: self.line,
-            field: field.join("."),
-            problem: problem.into(),
-        }
+        EvalError::Schema { path: self.path.to_path_buf(), line: self.line, field: field.join("."), problem: problem.into() }
     }
 
     /// The value at `field`, if present and not null.
@@ -92,17 +79,13 @@ impl Row<'_> {
 
     /// The value at `field`, or a "missing field" error.
     pub fn require(&self, field: &[&str]) -> Result<&Value> {
-        self.get(field).ok_or_else(|| {
-            self.schema_error(field, "missing (or null); this row format requires it")
-        })
+        self.get(field).ok_or_else(|| self.schema_error(field, "missing (or null); this row format requires it"))
     }
 
     /// The string at `field`.
     pub fn str(&self, field: &[&str]) -> Result<&str> {
         let value = self.require(field)?;
-        value.as_str().ok_or_else(|| {
-            self.schema_error(field, format!("expected a string, found {}", kind(value)))
-        })
+        value.as_str().ok_or_else(|| self.schema_error(field, format!("expected a string, found {}", kind(value))))
     }
 
     /// The string at `field`, or `None` when absent or null.
@@ -121,25 +104,18 @@ impl Row<'_> {
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    item.as_str().map(str::to_owned).ok_or_else(|| {
-                        self.schema_error(
-                            field,
-                            format!("element {i}: expected a string, found {}", kind(item)),
-                        )
-                    })
+                    item.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| self.schema_error(field, format!("element {i}: expected a string, found {}", kind(item))))
                 })
                 .collect(),
-            other => Err(self.schema_error(
-                field,
-                format!("expected a list of strings, found {}", kind(other)),
-            )),
+            other => Err(self.schema_error(field, format!("expected a list of strings, found {}", kind(other)))),
         }
     }
 
     /// An identifier at `field`: a string, or an integer written as its decimal form.
     pub fn id(&self, field: &[&str]) -> Result<String> {
-        id_text(self.require(field)?)
-            .ok_or_else(|| self.schema_error(field, "expected a string or an integer id"))
+        id_text(self.require(field)?).ok_or_else(|| self.schema_error(field, "expected a string or an integer id"))
     }
 }
 
@@ -166,10 +142,7 @@ mod tests {
     #[test]
     fn reads_rows_with_line_numbers_and_skips_blank_lines() {
         let file = write("{\"a\": \"x\"}\n\n{\"a\": \"y\"}\n");
-        let rows = map_rows(file.path(), |row| {
-            Ok((row.line, row.str(&["a"])?.to_owned()))
-        })
-        .unwrap();
+        let rows = map_rows(file.path(), |row| Ok((row.line, row.str(&["a"])?.to_owned()))).unwrap();
         assert_eq!(rows, vec![(1, "x".to_owned()), (3, "y".to_owned())]);
     }
 
@@ -184,25 +157,15 @@ mod tests {
     fn non_object_row_is_a_schema_error() {
         let file = write("[1, 2]\n");
         let err = map_rows(file.path(), |_| Ok(())).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains(":1: field `<row>`: expected a JSON object, found an array"),
-            "{err}"
-        );
+        assert!(err.to_string().contains(":1: field `<row>`: expected a JSON object, found an array"), "{err}");
     }
 
     #[test]
     fn nested_field_errors_use_dotted_names() {
         let file = write("{\"answer\": {\"value\": 3}}\n");
-        let err = map_rows(file.path(), |row| {
-            row.str(&["answer", "value"]).map(str::to_owned)
-        })
-        .unwrap_err();
+        let err = map_rows(file.path(), |row| row.str(&["answer", "value"]).map(str::to_owned)).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains(":1: field `answer.value`: expected a string, found a number"),
-            "{text}"
-        );
+        assert!(text.contains(":1: field `answer.value`: expected a string, found a number"), "{text}");
     }
 
     #[test]
@@ -211,10 +174,7 @@ mod tests {
         let err = map_rows(file.path(), |row| row.id(&["id"])).unwrap_err();
         assert!(matches!(err, EvalError::Schema { line: 3, .. }), "{err}");
         let ok = write("{\"id\": 7}\n{\"id\": \"q7\"}\n");
-        assert_eq!(
-            map_rows(ok.path(), |row| row.id(&["id"])).unwrap(),
-            vec!["7", "q7"]
-        );
+        assert_eq!(map_rows(ok.path(), |row| row.id(&["id"])).unwrap(), vec!["7", "q7"]);
     }
 
     #[test]

@@ -27,10 +27,8 @@ pub mod user;
 
 pub use datasets::Dataset;
 pub use error::{EvalError, Result};
+pub use example::{ChatMessage, Example, MathExample, QaExample, Role, ToolExample, ToolExpectation};
 pub use generation::{EvalConfig, Evaluation, Evaluator};
-pub use example::{
-    ChatMessage, Example, MathExample, QaExample, Role, ToolExample, ToolExpectation,
-};
 pub use prompt::{ChatTemplate, FnTemplate, LossMask, render, to_prompt};
 pub use score::{Coverage, Metric, Report, score_examples, score_predictions};
 pub use split::{Split, SplitConfig};

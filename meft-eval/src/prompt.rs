@@ -99,43 +99,24 @@ pub fn to_prompt(example: &Example) -> PromptedExample {
             let text = match &e.context {
                 None => e.question.clone(),
                 Some(passage) => {
-                    let title = passage
-                        .title
-                        .as_deref()
-                        .map(|t| format!("Title: {t}\n"))
-                        .unwrap_or_default();
+                    let title = passage.title.as_deref().map(|t| format!("Title: {t}\n")).unwrap_or_default();
                     format!("{title}Context: {}\nQuestion: {}", passage.text, e.question)
                 }
             };
-            PromptedExample {
-                messages: user(text),
-                target: e.answers.first().cloned().unwrap_or_default(),
-            }
+            PromptedExample { messages: user(text), target: e.answers.first().cloned().unwrap_or_default() }
         }
-        Example::Math(e) => PromptedExample {
-            messages: user(e.question.clone()),
-            target: e.solution.clone(),
-        },
+        Example::Math(e) => PromptedExample { messages: user(e.question.clone()), target: e.solution.clone() },
         Example::Tool(e) => tool_prompt(e),
         Example::Instruction(e) => {
             let text = match &e.input {
                 Some(input) => format!("{}\n\n{input}", e.instruction),
                 None => e.instruction.clone(),
             };
-            PromptedExample {
-                messages: user(text),
-                target: e.output.clone(),
-            }
+            PromptedExample { messages: user(text), target: e.output.clone() }
         }
         Example::Chat(e) => {
-            let (last, before) = e
-                .messages
-                .split_last()
-                .map_or((None, &[][..]), |(l, b)| (Some(l), b));
-            PromptedExample {
-                messages: before.to_vec(),
-                target: last.map(|m| m.content.clone()).unwrap_or_default(),
-            }
+            let (last, before) = e.messages.split_last().map_or((None, &[][..]), |(l, b)| (Some(l), b));
+            PromptedExample { messages: before.to_vec(), target: last.map(|m| m.content.clone()).unwrap_or_default() }
         }
     }
 }
@@ -149,10 +130,7 @@ fn tool_prompt(example: &ToolExample) -> PromptedExample {
     let mut messages = vec![ChatMessage::new(Role::System, system)];
     messages.extend(example.messages.iter().cloned());
     let target = match &example.expected {
-        ToolExpectation::Calls(calls) => format!(
-            "[{}]",
-            calls.iter().map(render_call).collect::<Vec<_>>().join(", ")
-        ),
+        ToolExpectation::Calls(calls) => format!("[{}]", calls.iter().map(render_call).collect::<Vec<_>>().join(", ")),
         ToolExpectation::NoCall | ToolExpectation::AnyCall => String::new(),
     };
     PromptedExample { messages, target }
@@ -175,10 +153,7 @@ fn render_call(call: &ExpectedCall) -> String {
 /// Renders `example` through `template`.
 pub fn render(example: &Example, template: &dyn ChatTemplate) -> RenderedExample {
     let prompted = to_prompt(example);
-    RenderedExample {
-        prompt: template.prompt(&prompted.messages),
-        completion: template.completion(&prompted.target),
-    }
+    RenderedExample { prompt: template.prompt(&prompted.messages), completion: template.completion(&prompted.target) }
 }
 
 #[cfg(test)]

@@ -33,19 +33,14 @@ pub struct WithMetadata<T> {
 
 /// The temporary file used while writing `path`.
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
 
 /// Flushes `tmp` to disk and renames it over `path`.
 pub(crate) fn commit_temp(tmp: &Path, path: &Path) -> Result<()> {
-    std::fs::File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| EvalError::io(tmp, e))?;
+    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| EvalError::io(tmp, e))?;
     std::fs::rename(tmp, path).map_err(|e| EvalError::io(path, e))
 }
 
@@ -57,9 +52,7 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = temp_path(path);
     let text = serde_json::to_string_pretty(value).map_err(|e| EvalError::io(path, e.into()))?;
     let mut file = std::fs::File::create(&tmp).map_err(|e| EvalError::io(&tmp, e))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .map_err(|e| EvalError::io(&tmp, e))?;
+    file.write_all(text.as_bytes()).and_then(|()| file.write_all(b"\n")).map_err(|e| EvalError::io(&tmp, e))?;
     drop(file);
     commit_temp(&tmp, path)
 }
@@ -67,11 +60,7 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 /// Reads a JSON file written by [`write_json`].
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| EvalError::Json {
-        path: path.to_path_buf(),
-        line: 1,
-        source,
-    })
+    serde_json::from_str(&text).map_err(|source| EvalError::Json { path: path.to_path_buf(), line: 1, source })
 }
 
 /// `git rev-parse HEAD` (`-dirty` when tracked files have changes; untracked files such as fresh
@@ -103,11 +92,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/report.json");
         let value = WithMetadata {
-            metadata: RunMetadata {
-                config_json: "{}".into(),
-                git_revision: "abc".into(),
-                description: "t".into(),
-            },
+            metadata: RunMetadata { config_json: "{}".into(), git_revision: "abc".into(), description: "t".into() },
             result: vec![1.5, 2.0],
         };
         write_json(&path, &value).unwrap();

@@ -47,9 +47,7 @@ impl Metric {
     pub fn for_dataset(dataset: &Dataset) -> Self {
         match dataset {
             Dataset::NqOpen => Self::SubstringEm(CaseRule::Sensitive),
-            Dataset::TriviaQa | Dataset::Squad | Dataset::User(UserFormat::Qa) => {
-                Self::SubstringEm(CaseRule::Insensitive)
-            }
+            Dataset::TriviaQa | Dataset::Squad | Dataset::User(UserFormat::Qa) => Self::SubstringEm(CaseRule::Insensitive),
             Dataset::Gsm8k => Self::FinalNumber,
             Dataset::Math => Self::MathAnswer,
             Dataset::Bfcl(_) => Self::FunctionCall,
@@ -140,22 +138,13 @@ pub fn load_predictions(path: &Path) -> Result<Vec<Prediction>> {
     let predictions = map_rows(path, |row| {
         let id = row.id(&["id"])?;
         let text = row.str(&["prediction"])?.to_owned();
-        Ok(Prediction {
-            id,
-            text,
-            line: row.line,
-        })
+        Ok(Prediction { id, text, line: row.line })
     })?;
     let mut first_line: HashMap<&str, usize> = HashMap::new();
     for p in &predictions {
         if let Some(&first) = first_line.get(p.id.as_str()) {
             let (path, id, line) = (path.to_path_buf(), p.id.clone(), p.line);
-            return Err(EvalError::DuplicateId {
-                path,
-                line,
-                id,
-                first_line: first,
-            });
+            return Err(EvalError::DuplicateId { path, line, id, first_line: first });
         }
         first_line.insert(&p.id, p.line);
     }
@@ -167,12 +156,7 @@ pub fn load_predictions(path: &Path) -> Result<Vec<Prediction>> {
 /// Fails on a prediction whose id is not in the dataset (naming the line), on malformed rows,
 /// and on duplicate ids. The CLI resolves `dataset_file` from the asset cache
 /// (`meft_assets::Cache::dataset_path`) or takes a user file.
-pub fn score_predictions(
-    predictions: &Path,
-    dataset: &Dataset,
-    dataset_file: &Path,
-    coverage: Coverage,
-) -> Result<Report> {
+pub fn score_predictions(predictions: &Path, dataset: &Dataset, dataset_file: &Path, coverage: Coverage) -> Result<Report> {
     let examples = dataset.load(dataset_file)?;
     let rows = load_predictions(predictions)?;
     let known: HashMap<&str, ()> = examples.iter().map(|e| (e.id(), ())).collect();
@@ -184,27 +168,12 @@ pub fn score_predictions(
             dataset: dataset.name(),
         });
     }
-    let by_id: HashMap<&str, &str> = rows
-        .iter()
-        .map(|p| (p.id.as_str(), p.text.as_str()))
-        .collect();
-    Ok(score_examples(
-        &dataset.name(),
-        &examples,
-        &by_id,
-        Metric::for_dataset(dataset),
-        coverage,
-    ))
+    let by_id: HashMap<&str, &str> = rows.iter().map(|p| (p.id.as_str(), p.text.as_str())).collect();
+    Ok(score_examples(&dataset.name(), &examples, &by_id, Metric::for_dataset(dataset), coverage))
 }
 
 /// Scores `predictions` (id → text) on `examples` with `metric`.
-pub fn score_examples(
-    dataset: &str,
-    examples: &[Example],
-    predictions: &HashMap<&str, &str>,
-    metric: Metric,
-    coverage: Coverage,
-) -> Report {
+pub fn score_examples(dataset: &str, examples: &[Example], predictions: &HashMap<&str, &str>, metric: Metric, coverage: Coverage) -> Report {
     let mut results = Vec::new();
     for example in examples {
         let prediction = predictions.get(example.id()).copied();
@@ -219,13 +188,8 @@ pub fn score_examples(
             scores,
         });
     }
-    let n_missing = examples
-        .iter()
-        .filter(|e| !predictions.contains_key(e.id()))
-        .count();
-    let mean_of = |get: fn(&ExampleScores) -> Option<f64>| {
-        mean(results.iter().filter_map(|r| get(&r.scores)))
-    };
+    let n_missing = examples.iter().filter(|e| !predictions.contains_key(e.id())).count();
+    let mean_of = |get: fn(&ExampleScores) -> Option<f64>| mean(results.iter().filter_map(|r| get(&r.scores)));
     Report {
         dataset: dataset.to_owned(),
         metric,
@@ -283,10 +247,7 @@ fn tool_scores(example: &Example, prediction: &str) -> ExampleScores {
     let (correct, iou) = match example {
         Example::Tool(tool) => {
             let iou = match &tool.expected {
-                ToolExpectation::Calls(expected) => Some(api_iou(
-                    names.clone(),
-                    expected.iter().map(|c| c.name.as_str()),
-                )),
+                ToolExpectation::Calls(expected) => Some(api_iou(names.clone(), expected.iter().map(|c| c.name.as_str()))),
                 ToolExpectation::NoCall => Some(api_iou(names.clone(), [])),
                 ToolExpectation::AnyCall => None,
             };
@@ -294,11 +255,5 @@ fn tool_scores(example: &Example, prediction: &str) -> ExampleScores {
         }
         _ => (false, None),
     };
-    ExampleScores {
-        primary: indicator(correct),
-        squad_em: None,
-        squad_f1: None,
-        api_iou: iou,
-        extracted: Some(names.join(", ")),
-    }
+    ExampleScores { primary: indicator(correct), squad_em: None, squad_f1: None, api_iou: iou, extracted: Some(names.join(", ")) }
 }

@@ -23,9 +23,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// Continues an FNV-1a hash from `state` over `bytes`.
 fn fnv1a64_extend(state: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(state, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-    })
+    bytes.iter().fold(state, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
 
 /// MurmurHash3's 64-bit finaliser: a bijection that mixes every input bit into every output bit.
@@ -62,10 +60,7 @@ impl SplitConfig {
         if !(0.0..=1.0).contains(&held_out_fraction) {
             return Err(EvalError::BadSplitFraction(held_out_fraction));
         }
-        Ok(Self {
-            held_out_fraction,
-            seed,
-        })
+        Ok(Self { held_out_fraction, seed })
     }
 
     /// The position of `id` in `[0, 1)` for this seed.
@@ -78,18 +73,12 @@ impl SplitConfig {
 
     /// The side `id` falls on.
     pub fn split_of(&self, id: &str) -> Split {
-        if self.unit_hash(id) < self.held_out_fraction {
-            Split::HeldOut
-        } else {
-            Split::Train
-        }
+        if self.unit_hash(id) < self.held_out_fraction { Split::HeldOut } else { Split::Train }
     }
 
     /// Partitions `examples` into (train, held-out), keeping their order.
     pub fn partition(&self, examples: Vec<Example>) -> (Vec<Example>, Vec<Example>) {
-        examples
-            .into_iter()
-            .partition(|e| self.split_of(e.id()) == Split::Train)
+        examples.into_iter().partition(|e| self.split_of(e.id()) == Split::Train)
     }
 }
 
@@ -109,25 +98,10 @@ mod tests {
     fn split_is_pinned_for_known_ids() {
         // Regression values: if these change, every saved split changes. Do not update casually.
         let config = SplitConfig::new(0.5, 0).unwrap();
-        let got: Vec<Split> = ["0", "1", "2", "tc_33", "nq-0000"]
-            .iter()
-            .map(|id| config.split_of(id))
-            .collect();
-        let pinned: Vec<u64> = ["0", "1", "2", "tc_33", "nq-0000"]
-            .iter()
-            .map(|id| (config.unit_hash(id) * 1e6) as u64)
-            .collect();
+        let got: Vec<Split> = ["0", "1", "2", "tc_33", "nq-0000"].iter().map(|id| config.split_of(id)).collect();
+        let pinned: Vec<u64> = ["0", "1", "2", "tc_33", "nq-0000"].iter().map(|id| (config.unit_hash(id) * 1e6) as u64).collect();
         assert_eq!(pinned, PINNED_UNIT_HASH_E6);
-        let expected: Vec<Split> = PINNED_UNIT_HASH_E6
-            .iter()
-            .map(|&u| {
-                if u < 500_000 {
-                    Split::HeldOut
-                } else {
-                    Split::Train
-                }
-            })
-            .collect();
+        let expected: Vec<Split> = PINNED_UNIT_HASH_E6.iter().map(|&u| if u < 500_000 { Split::HeldOut } else { Split::Train }).collect();
         assert_eq!(got, expected);
     }
 
@@ -139,15 +113,10 @@ mod tests {
         for (fraction, seed) in [(0.1, 0), (0.2, 7), (0.5, 42)] {
             let config = SplitConfig::new(fraction, seed).unwrap();
             let n = 20_000;
-            let held = (0..n)
-                .filter(|i| config.split_of(&i.to_string()) == Split::HeldOut)
-                .count();
+            let held = (0..n).filter(|i| config.split_of(&i.to_string()) == Split::HeldOut).count();
             let got = held as f64 / n as f64;
             // Binomial std at n = 20000 is <= 0.0036; 0.015 is > 4 sigma.
-            assert!(
-                (got - fraction).abs() < 0.015,
-                "fraction {fraction} seed {seed}: got {got}"
-            );
+            assert!((got - fraction).abs() < 0.015, "fraction {fraction} seed {seed}: got {got}");
         }
     }
 
@@ -155,9 +124,7 @@ mod tests {
     fn seeds_give_different_splits_and_extremes_are_exact() {
         let a = SplitConfig::new(0.5, 1).unwrap();
         let b = SplitConfig::new(0.5, 2).unwrap();
-        let differ = (0..1000)
-            .filter(|i| a.split_of(&i.to_string()) != b.split_of(&i.to_string()))
-            .count();
+        let differ = (0..1000).filter(|i| a.split_of(&i.to_string()) != b.split_of(&i.to_string())).count();
         assert!(differ > 400, "only {differ} of 1000 differ between seeds");
         let none = SplitConfig::new(0.0, 3).unwrap();
         let all = SplitConfig::new(1.0, 3).unwrap();
@@ -167,14 +134,7 @@ mod tests {
 
     #[test]
     fn partition_is_order_independent_and_rejects_bad_fractions() {
-        let make = |id: usize| {
-            Example::Qa(QaExample {
-                id: format!("q{id}"),
-                question: String::new(),
-                answers: vec![],
-                context: None,
-            })
-        };
+        let make = |id: usize| Example::Qa(QaExample { id: format!("q{id}"), question: String::new(), answers: vec![], context: None });
         let config = SplitConfig::new(0.3, 5).unwrap();
         let (train, held) = config.partition((0..200).map(make).collect());
         let (train_rev, held_rev) = config.partition((0..200).rev().map(make).collect());

@@ -59,10 +59,7 @@ impl UserFormat {
         } else if row.object.contains_key("question") {
             Ok(Self::Qa)
         } else {
-            Err(row.schema_error(
-                &["<row>"],
-                "cannot tell the format: expected a `messages`, `instruction` or `question` field",
-            ))
+            Err(row.schema_error(&["<row>"], "cannot tell the format: expected a `messages`, `instruction` or `question` field"))
         }
     }
 }
@@ -92,90 +89,42 @@ fn id_or_hash(row: &Row<'_>, text: &str) -> Result<String> {
 
 fn qa_row(row: &Row<'_>) -> Result<Example> {
     let question = row.str(&["question"])?.to_owned();
-    let field: &[&str] = if row.get(&["answers"]).is_some() {
-        &["answers"]
-    } else {
-        &["answer"]
-    };
-    let answers: Vec<String> = row
-        .str_list(field)?
-        .into_iter()
-        .filter(|a| !a.trim().is_empty())
-        .collect();
+    let field: &[&str] = if row.get(&["answers"]).is_some() { &["answers"] } else { &["answer"] };
+    let answers: Vec<String> = row.str_list(field)?.into_iter().filter(|a| !a.trim().is_empty()).collect();
     if answers.is_empty() {
-        return Err(row.schema_error(
-            field,
-            "no non-empty answer; give `answers: [\"..\"]` or `answer: \"..\"`",
-        ));
+        return Err(row.schema_error(field, "no non-empty answer; give `answers: [\"..\"]` or `answer: \"..\"`"));
     }
-    Ok(Example::Qa(QaExample {
-        id: id_or_hash(row, &question)?,
-        question,
-        answers,
-        context: None,
-    }))
+    Ok(Example::Qa(QaExample { id: id_or_hash(row, &question)?, question, answers, context: None }))
 }
 
 fn instruction_row(row: &Row<'_>) -> Result<Example> {
     let instruction = row.str(&["instruction"])?.to_owned();
-    let input = row
-        .opt_str(&["input"])?
-        .filter(|s| !s.trim().is_empty())
-        .map(str::to_owned);
+    let input = row.opt_str(&["input"])?.filter(|s| !s.trim().is_empty()).map(str::to_owned);
     let key = format!("{instruction}\n{}", input.as_deref().unwrap_or(""));
-    Ok(Example::Instruction(InstructionExample {
-        id: id_or_hash(row, &key)?,
-        instruction,
-        input,
-        output: row.str(&["output"])?.to_owned(),
-    }))
+    Ok(Example::Instruction(InstructionExample { id: id_or_hash(row, &key)?, instruction, input, output: row.str(&["output"])?.to_owned() }))
 }
 
 fn chat_row(row: &Row<'_>) -> Result<Example> {
     let Value::Array(items) = row.require(&["messages"])? else {
-        return Err(row.schema_error(
-            &["messages"],
-            "expected an array of {role, content} objects",
-        ));
+        return Err(row.schema_error(&["messages"], "expected an array of {role, content} objects"));
     };
-    let messages = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| message(row, i, item))
-        .collect::<Result<Vec<_>>>()?;
+    let messages = items.iter().enumerate().map(|(i, item)| message(row, i, item)).collect::<Result<Vec<_>>>()?;
     let last_is_reply = messages.last().is_some_and(|m| m.role == Role::Assistant);
     if messages.len() < 2 || !last_is_reply {
-        return Err(row.schema_error(
-            &["messages"],
-            "need at least two messages and the last must have role `assistant` (the reference reply)",
-        ));
+        return Err(row.schema_error(&["messages"], "need at least two messages and the last must have role `assistant` (the reference reply)"));
     }
     let key: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-    Ok(Example::Chat(ChatExample {
-        id: id_or_hash(row, &key.join("\n"))?,
-        messages,
-    }))
+    Ok(Example::Chat(ChatExample { id: id_or_hash(row, &key.join("\n"))?, messages }))
 }
 
 fn message(row: &Row<'_>, index: usize, item: &Value) -> Result<ChatMessage> {
     let field = format!("messages[{index}]");
     let text_field = |name: &str| -> Result<&str> {
-        let value = item
-            .get(name)
-            .ok_or_else(|| row.schema_error(&[&field, name], "missing"))?;
-        value.as_str().ok_or_else(|| {
-            row.schema_error(
-                &[&field, name],
-                format!("expected a string, found {}", kind(value)),
-            )
-        })
+        let value = item.get(name).ok_or_else(|| row.schema_error(&[&field, name], "missing"))?;
+        value.as_str().ok_or_else(|| row.schema_error(&[&field, name], format!("expected a string, found {}", kind(value))))
     };
     let role_name = text_field("role")?;
-    let role = Role::parse(role_name).ok_or_else(|| {
-        row.schema_error(
-            &[&field, "role"],
-            format!("unknown role `{role_name}`; use system, user, assistant or tool"),
-        )
-    })?;
+    let role = Role::parse(role_name)
+        .ok_or_else(|| row.schema_error(&[&field, "role"], format!("unknown role `{role_name}`; use system, user, assistant or tool")))?;
     Ok(ChatMessage::new(role, text_field("content")?))
 }

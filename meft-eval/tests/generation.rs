@@ -20,8 +20,7 @@ const SPECIAL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
 /// GPT-2's byte → printable character table.
 fn byte_chars() -> Vec<char> {
-    let printable =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {
@@ -38,11 +37,7 @@ fn byte_chars() -> Vec<char> {
 /// A byte-level BPE `tokenizer.json` without merges: ids 0..256 are bytes, then the ChatML
 /// special tokens (256 = `<|endoftext|>`, 257, 258).
 fn tokenizer_json() -> serde_json::Value {
-    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| (c.to_string(), i.into()))
-        .collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars().into_iter().enumerate().map(|(i, c)| (c.to_string(), i.into())).collect();
     let added: Vec<serde_json::Value> = SPECIAL
         .iter()
         .enumerate()
@@ -100,15 +95,9 @@ fn random_weights(c: &ModelConfig, seed: u64) -> WeightMap {
         Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
     };
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let (q, kv) = (
-        c.num_attention_heads * c.head_dim,
-        c.num_key_value_heads * c.head_dim,
-    );
+    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
     let mut t = HashMap::new();
-    t.insert(
-        "model.embed_tokens.weight".to_owned(),
-        tensor(&[v, d], 1.0, 0.0),
-    );
+    t.insert("model.embed_tokens.weight".to_owned(), tensor(&[v, d], 1.0, 0.0));
     t.insert("model.norm.weight".to_owned(), tensor(&[d], 0.1, 1.0));
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -146,9 +135,7 @@ fn tiny() -> Tiny {
     Tiny {
         model: Llama::load(&cfg, random_weights(&cfg, 7), DType::F32, &Device::Cpu).unwrap(),
         tokenizer: Tokenizer::from_json_file(&path, &cfg).unwrap(),
-        template: ModelTemplate::ChatMl {
-            default_system: None,
-        },
+        template: ModelTemplate::ChatMl { default_system: None },
         _dir: dir,
     }
 }
@@ -156,26 +143,13 @@ fn tiny() -> Tiny {
 impl Tiny {
     /// The base model (no adapters) ready to answer.
     fn evaluator(&self) -> Evaluator<'_> {
-        Evaluator {
-            model: &self.model,
-            tokenizer: &self.tokenizer,
-            template: &self.template,
-            hook: &NoAdapters,
-            after_forward: None,
-        }
+        Evaluator { model: &self.model, tokenizer: &self.tokenizer, template: &self.template, hook: &NoAdapters, after_forward: None }
     }
 }
 
 fn config(decoding: Decoding, max_new_tokens: usize, penalty: f32) -> EvalConfig {
     EvalConfig {
-        decode: DecodeConfig {
-            decoding,
-            max_new_tokens,
-            repetition_penalty: RepetitionPenalty {
-                penalty,
-                ..Default::default()
-            },
-        },
+        decode: DecodeConfig { decoding, max_new_tokens, repetition_penalty: RepetitionPenalty { penalty, ..Default::default() } },
         batch: 1,
     }
 }
@@ -188,16 +162,10 @@ fn nq_fixture() -> Vec<Example> {
 fn template_adapter_and_stop_tokens() {
     let t = tiny();
     let rendered = meft_eval::render(&nq_fixture()[0], &t.template);
-    assert_eq!(
-        rendered.prompt,
-        "<|im_start|>user\nwhen was the last time anyone was on the moon<|im_end|>\n<|im_start|>assistant\n"
-    );
+    assert_eq!(rendered.prompt, "<|im_start|>user\nwhen was the last time anyone was on the moon<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(rendered.completion, "14 December 1972 UTC<|im_end|>\n");
     assert_eq!(ChatTemplate::completion(&t.template, "x"), "x<|im_end|>\n");
-    assert_eq!(
-        stop_tokens(&t.tokenizer, &t.template).unwrap(),
-        vec![256, 258]
-    );
+    assert_eq!(stop_tokens(&t.tokenizer, &t.template).unwrap(), vec![256, 258]);
 }
 
 #[test]
@@ -208,41 +176,22 @@ fn tiny_model_evaluates_deterministically_and_greedy_matches_meft_models_generat
     let dataset = Dataset::NqOpen;
     let cfg = config(Decoding::Greedy, 12, 1.0);
     let mut seen = Vec::new();
-    let first = evaluator
-        .evaluate(&dataset, &examples, &cfg, &mut |i, n| seen.push((i, n)))
-        .unwrap();
-    let second = evaluator
-        .evaluate(&dataset, &examples, &cfg, &mut |_, _| {})
-        .unwrap();
+    let first = evaluator.evaluate(&dataset, &examples, &cfg, &mut |i, n| seen.push((i, n))).unwrap();
+    let second = evaluator.evaluate(&dataset, &examples, &cfg, &mut |_, _| {}).unwrap();
     assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
     assert_eq!(first.report.examples, second.report.examples);
     assert_eq!(first.report.n_scored, 3);
-    assert_eq!(
-        first.report.primary, 0.0,
-        "random weights should not answer NQ"
-    );
-    assert!(
-        first
-            .generations
-            .iter()
-            .all(|g| g.new_tokens >= 1 && g.new_tokens <= 12)
-    );
+    assert_eq!(first.report.primary, 0.0, "random weights should not answer NQ");
+    assert!(first.generations.iter().all(|g| g.new_tokens >= 1 && g.new_tokens <= 12));
 
     // Same tokens as the streaming generator of meft-models (independent loop, same cache).
     let stops = stop_tokens(&t.tokenizer, &t.template).unwrap();
     for (example, generation) in examples.iter().zip(&first.generations) {
-        let prompt = t
-            .tokenizer
-            .encode(&meft_eval::render(example, &t.template).prompt)
-            .unwrap();
+        let prompt = t.tokenizer.encode(&meft_eval::render(example, &t.template).prompt).unwrap();
         let reference = meft_models::generate(
             &t.model,
             &prompt,
-            &meft_models::GenerateConfig {
-                max_new_tokens: 12,
-                sampling: meft_models::Sampling::Greedy,
-                stop_tokens: stops.clone(),
-            },
+            &meft_models::GenerateConfig { max_new_tokens: 12, sampling: meft_models::Sampling::Greedy, stop_tokens: stops.clone() },
             &NoAdapters,
             |_| std::ops::ControlFlow::Continue(()),
         )
@@ -263,28 +212,11 @@ fn beam_search_with_penalty_runs_and_width_one_equals_greedy_on_the_model() {
     let examples = nq_fixture();
     let evaluator = t.evaluator();
     let greedy = config(Decoding::Greedy, 6, 2.0);
-    let width_one = config(
-        Decoding::Beam {
-            width: 1,
-            length_penalty: 1.0,
-        },
-        6,
-        2.0,
-    );
-    let beam = config(
-        Decoding::Beam {
-            width: 3,
-            length_penalty: 1.0,
-        },
-        6,
-        2.0,
-    );
+    let width_one = config(Decoding::Beam { width: 1, length_penalty: 1.0 }, 6, 2.0);
+    let beam = config(Decoding::Beam { width: 3, length_penalty: 1.0 }, 6, 2.0);
     let calls = std::cell::Cell::new(0usize);
     let count = || calls.set(calls.get() + 1);
-    let counting = Evaluator {
-        after_forward: Some(&count as &dyn Fn()),
-        ..evaluator
-    };
+    let counting = Evaluator { after_forward: Some(&count as &dyn Fn()), ..evaluator };
     for example in &examples[..2] {
         let (g, gg) = evaluator.answer(example, &greedy).unwrap();
         let (w, wg) = counting.answer(example, &width_one).unwrap();
@@ -292,10 +224,7 @@ fn beam_search_with_penalty_runs_and_width_one_equals_greedy_on_the_model() {
         let (_, bg) = evaluator.answer(example, &beam).unwrap();
         assert!(bg.new_tokens <= 6);
     }
-    assert!(
-        calls.get() >= 2,
-        "after_forward runs after every forward call"
-    );
+    assert!(calls.get() >= 2, "after_forward runs after every forward call");
 }
 
 #[test]
@@ -304,47 +233,23 @@ fn outputs_round_trip_json_and_hdf5() {
     let examples = nq_fixture();
     let evaluator = t.evaluator();
     let cfg = config(Decoding::Greedy, 4, 1.0);
-    let evaluation = evaluator
-        .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {})
-        .unwrap();
+    let evaluation = evaluator.evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {}).unwrap();
     let mut summary = EvalSummary::of_report(&evaluation.report, evaluation.wall_seconds);
     summary.model = Some("tiny".into());
     summary.config = Some(cfg);
     summary.new_tokens = evaluation.new_tokens();
-    let metadata = RunMetadata {
-        config_json: serde_json::to_string(&summary.config).unwrap(),
-        git_revision: "test".into(),
-        description: "tiny eval".into(),
-    };
+    let metadata =
+        RunMetadata { config_json: serde_json::to_string(&summary.config).unwrap(), git_revision: "test".into(), description: "tiny eval".into() };
     let dir = tempfile::tempdir().unwrap();
-    let paths = write_outputs(
-        dir.path(),
-        &metadata,
-        &summary,
-        &evaluation.report,
-        &evaluation.generations,
-    )
-    .unwrap();
+    let paths = write_outputs(dir.path(), &metadata, &summary, &evaluation.report, &evaluation.generations).unwrap();
     let back: WithMetadata<EvalResults> = read_json(&paths.json).unwrap();
     assert_eq!(back.result.summary, summary);
     assert_eq!(back.result.report, evaluation.report);
     let file = hdf5::File::open(&paths.hdf5).unwrap();
-    let ids = file
-        .dataset("predictions/id")
-        .unwrap()
-        .read_1d::<hdf5::types::VarLenUnicode>()
-        .unwrap();
+    let ids = file.dataset("predictions/id").unwrap().read_1d::<hdf5::types::VarLenUnicode>().unwrap();
     assert_eq!(ids.len(), 3);
-    let new_tokens = file
-        .dataset("generation/new_tokens")
-        .unwrap()
-        .read_1d::<u64>()
-        .unwrap();
-    let expected: Vec<u64> = evaluation
-        .generations
-        .iter()
-        .map(|g| g.new_tokens as u64)
-        .collect();
+    let new_tokens = file.dataset("generation/new_tokens").unwrap().read_1d::<u64>().unwrap();
+    let expected: Vec<u64> = evaluation.generations.iter().map(|g| g.new_tokens as u64).collect();
     assert_eq!(new_tokens.to_vec(), expected);
 }
 
@@ -354,16 +259,9 @@ fn greedy_groups_of_any_size_give_the_predictions_of_one_at_a_time() {
     let examples = nq_fixture();
     let evaluator = t.evaluator();
     let run = |batch: usize| {
-        let cfg = EvalConfig {
-            batch,
-            ..config(Decoding::Greedy, 12, 1.3)
-        };
+        let cfg = EvalConfig { batch, ..config(Decoding::Greedy, 12, 1.3) };
         let mut seen = Vec::new();
-        let e = evaluator
-            .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |i, n| {
-                seen.push((i, n))
-            })
-            .unwrap();
+        let e = evaluator.evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |i, n| seen.push((i, n))).unwrap();
         let tokens: Vec<usize> = e.generations.iter().map(|g| g.new_tokens).collect();
         (e.report.examples, tokens, seen)
     };
@@ -374,22 +272,14 @@ fn greedy_groups_of_any_size_give_the_predictions_of_one_at_a_time() {
         assert_eq!(tokens, alone_tokens, "batch {batch}: token counts differ");
         assert_eq!(seen.last(), Some(&(3, 3)), "batch {batch}: progress");
     }
-    let zero = EvalConfig {
-        batch: 0,
-        ..config(Decoding::Greedy, 12, 1.0)
-    };
-    let err = evaluator
-        .evaluate(&Dataset::NqOpen, &examples, &zero, &mut |_, _| {})
-        .unwrap_err();
+    let zero = EvalConfig { batch: 0, ..config(Decoding::Greedy, 12, 1.0) };
+    let err = evaluator.evaluate(&Dataset::NqOpen, &examples, &zero, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("batch"), "{err}");
 }
 
 #[test]
 fn real_smollm2_greedy_on_five_nq_questions() {
-    let (Some(model_path), Some(data)) = (
-        meft_assets::require_model("smollm2-135m-instruct"),
-        meft_assets::require_dataset("nq_open"),
-    ) else {
+    let (Some(model_path), Some(data)) = (meft_assets::require_model("smollm2-135m-instruct"), meft_assets::require_dataset("nq_open")) else {
         return;
     };
     let source = meft_models::ModelSource::Gguf(model_path);
@@ -397,65 +287,23 @@ fn real_smollm2_greedy_on_five_nq_questions() {
     let weights = std::mem::replace(&mut bundle.weights, WeightMap::new(HashMap::new(), "moved"));
     let model = Llama::load(&bundle.config, weights, DType::F32, &Device::Cpu).unwrap();
     let template = bundle.chat.expect("SmolLM2 declares ChatML");
-    let examples: Vec<Example> = Dataset::NqOpen
-        .load(&data)
-        .unwrap()
-        .into_iter()
-        .take(5)
-        .collect();
-    let evaluator = Evaluator {
-        model: &model,
-        tokenizer: &bundle.tokenizer,
-        template: &template,
-        hook: &NoAdapters,
-        after_forward: None,
-    };
+    let examples: Vec<Example> = Dataset::NqOpen.load(&data).unwrap().into_iter().take(5).collect();
+    let evaluator = Evaluator { model: &model, tokenizer: &bundle.tokenizer, template: &template, hook: &NoAdapters, after_forward: None };
     let cfg = config(Decoding::Greedy, 24, 1.0);
-    let evaluation = evaluator
-        .evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {})
-        .unwrap();
+    let evaluation = evaluator.evaluate(&Dataset::NqOpen, &examples, &cfg, &mut |_, _| {}).unwrap();
     assert_eq!(evaluation.report.n_scored, 5);
-    let batched = EvalConfig {
-        batch: 5,
-        ..cfg.clone()
-    };
-    let together = evaluator
-        .evaluate(&Dataset::NqOpen, &examples, &batched, &mut |_, _| {})
-        .unwrap();
-    let texts = |e: &meft_eval::Evaluation| -> Vec<Option<String>> {
-        e.report
-            .examples
-            .iter()
-            .map(|r| r.prediction.clone())
-            .collect()
-    };
-    assert_eq!(
-        texts(&together),
-        texts(&evaluation),
-        "five questions side by side vs one at a time"
-    );
+    let batched = EvalConfig { batch: 5, ..cfg.clone() };
+    let together = evaluator.evaluate(&Dataset::NqOpen, &examples, &batched, &mut |_, _| {}).unwrap();
+    let texts = |e: &meft_eval::Evaluation| -> Vec<Option<String>> { e.report.examples.iter().map(|r| r.prediction.clone()).collect() };
+    assert_eq!(texts(&together), texts(&evaluation), "five questions side by side vs one at a time");
     for r in &evaluation.report.examples {
         let text = r.prediction.as_deref().unwrap();
-        assert!(
-            !text.is_empty() && !text.contains("<|im_end|>"),
-            "prediction {text:?}"
-        );
+        assert!(!text.is_empty() && !text.contains("<|im_end|>"), "prediction {text:?}");
     }
     let dir = tempfile::tempdir().unwrap();
     let summary = EvalSummary::of_report(&evaluation.report, evaluation.wall_seconds);
-    let metadata = RunMetadata {
-        config_json: "{}".into(),
-        git_revision: "test".into(),
-        description: "smollm2 nq".into(),
-    };
-    let paths = write_outputs(
-        dir.path(),
-        &metadata,
-        &summary,
-        &evaluation.report,
-        &evaluation.generations,
-    )
-    .unwrap();
+    let metadata = RunMetadata { config_json: "{}".into(), git_revision: "test".into(), description: "smollm2 nq".into() };
+    let paths = write_outputs(dir.path(), &metadata, &summary, &evaluation.report, &evaluation.generations).unwrap();
     assert!(paths.json.is_file() && paths.hdf5.is_file());
     eprintln!(
         "SmolLM2 greedy on 5 NQ-open: EM {:.2}, {:.1} s, {} new tokens",

@@ -7,25 +7,14 @@ use meft_eval::Dataset;
 #[test]
 fn real_cache_files_load_with_the_pinned_row_counts() {
     let data_dir = meft_assets::Cache::from_env().root().join("data");
-    let expected = [
-        ("nq_open", 3610),
-        ("trivia_qa", 7993),
-        ("gsm8k", 1319),
-        ("squad", 1000),
-        ("math", 5000),
-    ];
+    let expected = [("nq_open", 3610), ("trivia_qa", 7993), ("gsm8k", 1319), ("squad", 1000), ("math", 5000)];
     for (name, rows) in expected {
         let dataset = Dataset::parse(name).unwrap();
         let Some(path) = dataset.cache_file(&data_dir).filter(|p| p.exists()) else {
-            println!(
-                "SKIP {name}: {} not found (run `cargo xtask assets`)",
-                data_dir.join(format!("{name}.jsonl")).display()
-            );
+            println!("SKIP {name}: {} not found (run `cargo xtask assets`)", data_dir.join(format!("{name}.jsonl")).display());
             continue;
         };
-        let examples = dataset
-            .load(&path)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let examples = dataset.load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(examples.len(), rows, "{name}");
     }
     let categories = [
@@ -46,12 +35,7 @@ fn real_cache_files_load_with_the_pinned_row_counts() {
     for category in categories {
         let dataset = Dataset::Bfcl(category.to_owned());
         match dataset.cache_file(&data_dir).filter(|p| p.exists()) {
-            Some(path) => assert!(
-                !dataset
-                    .load(&path)
-                    .unwrap_or_else(|e| panic!("bfcl_{category}: {e}"))
-                    .is_empty()
-            ),
+            Some(path) => assert!(!dataset.load(&path).unwrap_or_else(|e| panic!("bfcl_{category}: {e}")).is_empty()),
             None => println!("SKIP bfcl_{category}: not in {}", data_dir.display()),
         }
     }

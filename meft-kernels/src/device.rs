@@ -7,10 +7,7 @@
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use meft_core::rows::RowsError;
 
 use crate::{KernelError, Result};
@@ -106,7 +103,14 @@ impl DeviceKernels {
     }
 
     /// `dst[slots[i]] = staged[i]` for `n` rows of `row_len` on the compute stream.
-    pub fn launch_place_rows(&self, staged: &CudaSlice<f32>, slots: &CudaSlice<u32>, n: usize, row_len: usize, dst: &mut CudaSlice<f32>) -> Result<()> {
+    pub fn launch_place_rows(
+        &self,
+        staged: &CudaSlice<f32>,
+        slots: &CudaSlice<u32>,
+        n: usize,
+        row_len: usize,
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let (n32, rl) = (u32_of("slots", n)?, u32_of("row_len", row_len)?);
         let mut b = self.compute.launch_builder(&self.place_rows);
         b.arg(staged).arg(slots).arg(&n32).arg(&rl).arg(dst);

@@ -113,11 +113,24 @@ impl DeviceKernels {
             Ok(h)
         };
         let u = i.keys.len();
-        Ok(SparsePairGrads { dx: down(&g.dx, i.x.len())?, dkeys: down(&g.dkeys, u)?, dvalues: down(&g.dvalues, u)?, dgate: down(&g.dgate, s.n_pairs)? })
+        Ok(SparsePairGrads {
+            dx: down(&g.dx, i.x.len())?,
+            dkeys: down(&g.dkeys, u)?,
+            dvalues: down(&g.dvalues, u)?,
+            dgate: down(&g.dgate, s.n_pairs)?,
+        })
     }
 
     /// AdamW step `n` elements on device buffers (the gate matrices), PyTorch formulas.
-    pub fn launch_adamw(&self, coeffs: &AdamWCoeffs, p: &mut CudaSlice<f32>, g: &CudaSlice<f32>, m: &mut CudaSlice<f32>, v: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+    pub fn launch_adamw(
+        &self,
+        coeffs: &AdamWCoeffs,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
         let n64 = n as u64;
         let c = coeffs;
         let mut b = self.compute.launch_builder(&self.adamw);

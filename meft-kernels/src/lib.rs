@@ -49,14 +49,8 @@ pub use stub::DeviceKernels;
 pub const KERNEL_SOURCE: &str = include_str!("../kernels/meft.cu");
 
 /// Entry points that [`KERNEL_SOURCE`] defines and the PTX must export.
-pub const KERNEL_NAMES: [&str; 6] = [
-    "meft_place_rows",
-    "meft_pack_rows",
-    "meft_sparse_fwd",
-    "meft_sparse_bwd_pairs",
-    "meft_sparse_bwd_x",
-    "meft_adamw",
-];
+pub const KERNEL_NAMES: [&str; 6] =
+    ["meft_place_rows", "meft_pack_rows", "meft_sparse_fwd", "meft_sparse_bwd_pairs", "meft_sparse_bwd_x", "meft_adamw"];
 
 /// Inputs of the sparse adapter kernels (host slices, row-major).
 #[derive(Debug, Clone, Copy)]

@@ -10,12 +10,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meft_core::NoAdapters;
 use meft_models::{KvCache, Llama, ModelConfig, WeightMap};
 
 const SEQ: usize = 256;
-
 
 fn random_model(cfg: &ModelConfig) -> Llama {
     let dev = Device::Cpu;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use meft_models::ops::{self, Bf16Weight};
 
 /// (name, out, in) of SmolLM2-135M's frozen products.

@@ -15,8 +15,10 @@
 //! - `[INST]`: `{bos}[INST] {user} [/INST]` per user turn, an assistant turn as ` {content}{eos}`; a
 //!   system message is folded into the first user turn as `<<SYS>>⏎{system}⏎<</SYS>>⏎⏎{user}`.
 
-/// Who speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who speaks. The one role type of the workspace: datasets (meft-eval) deserialise it from
+/// the usual lowercase names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Instructions for the assistant.
     System,
@@ -29,7 +31,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// The lowercase name (`system`, `user`, `assistant`, `tool`), as ChatML writes it.
+    pub fn name(self) -> &'static str {
         match self {
             Self::System => "system",
             Self::User => "user",
@@ -37,10 +40,15 @@ impl Role {
             Self::Tool => "tool",
         }
     }
+
+    /// Parses [`Self::name`]'s forms.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::System, Self::User, Self::Assistant, Self::Tool].into_iter().find(|r| r.name() == name)
+    }
 }
 
-/// One chat turn.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One chat turn (also a dataset's chat message).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// Speaker.
     pub role: Role,
@@ -49,12 +57,14 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into() }
+    }
+
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::User,
-            content: content.into(),
-        }
+        Self { role: Role::User, content: content.into() }
     }
 }
 
@@ -82,14 +92,9 @@ impl ChatTemplate {
     pub fn detect(jinja: Option<&str>, bos: &str, eos: &str) -> Option<Self> {
         let jinja = jinja?;
         if jinja.contains("<|im_start|>") {
-            Some(Self::ChatMl {
-                default_system: default_system(jinja),
-            })
+            Some(Self::ChatMl { default_system: default_system(jinja) })
         } else if jinja.contains("[INST]") {
-            Some(Self::Inst {
-                bos: bos.to_string(),
-                eos: eos.to_string(),
-            })
+            Some(Self::Inst { bos: bos.to_string(), eos: eos.to_string() })
         } else {
             None
         }
@@ -148,11 +153,7 @@ fn render_chatml(messages: &[Message], default_system: Option<&str>) -> String {
         out.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
     }
     for m in messages {
-        out.push_str(&format!(
-            "<|im_start|>{}\n{}<|im_end|>\n",
-            m.role.name(),
-            m.content
-        ));
+        out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role.name(), m.content));
     }
     out.push_str("<|im_start|>assistant\n");
     out
@@ -192,56 +193,27 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
              <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let own = [
-            Message {
-                role: Role::System,
-                content: "Be brief.".into(),
-            },
-            Message::user("Hi"),
-        ];
-        assert!(
-            t.render(&own)
-                .starts_with("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
-        );
+        let own = [Message { role: Role::System, content: "Be brief.".into() }, Message::user("Hi")];
+        assert!(t.render(&own).starts_with("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user"));
         assert_eq!(t.completion("Hello"), "Hello<|im_end|>\n");
     }
 
     #[test]
     fn chatml_without_literal_system() {
-        let jinja =
-            "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'}}";
-        assert_eq!(
-            ChatTemplate::detect(Some(jinja), "", ""),
-            Some(ChatTemplate::ChatMl {
-                default_system: None
-            })
-        );
+        let jinja = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'}}";
+        assert_eq!(ChatTemplate::detect(Some(jinja), "", ""), Some(ChatTemplate::ChatMl { default_system: None }));
     }
 
     #[test]
     fn inst_form() {
-        let t = ChatTemplate::detect(
-            Some("{{ bos_token + '[INST] ' + m + ' [/INST]' }}"),
-            "<s>",
-            "</s>",
-        )
-        .unwrap();
+        let t = ChatTemplate::detect(Some("{{ bos_token + '[INST] ' + m + ' [/INST]' }}"), "<s>", "</s>").unwrap();
         let msgs = [
-            Message {
-                role: Role::System,
-                content: "Sys".into(),
-            },
+            Message { role: Role::System, content: "Sys".into() },
             Message::user("Q1"),
-            Message {
-                role: Role::Assistant,
-                content: "A1".into(),
-            },
+            Message { role: Role::Assistant, content: "A1".into() },
             Message::user("Q2"),
         ];
-        assert_eq!(
-            t.render(&msgs),
-            "<s>[INST] <<SYS>>\nSys\n<</SYS>>\n\nQ1 [/INST] A1</s><s>[INST] Q2 [/INST]"
-        );
+        assert_eq!(t.render(&msgs), "<s>[INST] <<SYS>>\nSys\n<</SYS>>\n\nQ1 [/INST] A1</s><s>[INST] Q2 [/INST]");
         assert_eq!(t.completion("A2"), " A2</s>");
         assert_eq!(ChatTemplate::detect(Some("{{ messages }}"), "", ""), None);
         assert_eq!(ChatTemplate::detect(None, "", ""), None);

@@ -50,7 +50,9 @@ pub enum ModelError {
         what: String,
     },
     /// A tensor is stored in a GGML type meft cannot dequantise.
-    #[error("{file}: tensor `{tensor}` has GGML type {kind}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K (re-quantise the model to one of them)")]
+    #[error(
+        "{file}: tensor `{tensor}` has GGML type {kind}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K (re-quantise the model to one of them)"
+    )]
     UnsupportedTensorType {
         /// The GGUF file.
         file: PathBuf,

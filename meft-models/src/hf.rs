@@ -23,11 +23,7 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn err(&self, field: &str, reason: impl Into<String>) -> ModelError {
-        ModelError::ConfigField {
-            file: self.file.to_path_buf(),
-            field: field.to_string(),
-            reason: reason.into(),
-        }
+        ModelError::ConfigField { file: self.file.to_path_buf(), field: field.to_string(), reason: reason.into() }
     }
 
     /// The field's value; `None` when absent or `null`.
@@ -38,35 +34,25 @@ impl Fields<'_> {
     fn opt_usize(&self, field: &str) -> Result<Option<usize>, ModelError> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.err(field, format!("expected a non-negative integer, found {v}"))),
         }
     }
 
     fn usize(&self, field: &str) -> Result<usize, ModelError> {
-        self.opt_usize(field)?
-            .ok_or_else(|| self.err(field, "missing; every LLaMA/Mistral config.json has it"))
+        self.opt_usize(field)?.ok_or_else(|| self.err(field, "missing; every LLaMA/Mistral config.json has it"))
     }
 
     fn opt_f64(&self, field: &str) -> Result<Option<f64>, ModelError> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
         }
     }
 
     fn opt_bool(&self, field: &str) -> Result<Option<bool>, ModelError> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected true/false, found {v}"))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.err(field, format!("expected true/false, found {v}"))),
         }
     }
 
@@ -80,10 +66,7 @@ impl Fields<'_> {
             },
             Some(v) => v,
         };
-        v.as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| self.err(field, format!("expected a token id, found {v}")))
+        v.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some).ok_or_else(|| self.err(field, format!("expected a token id, found {v}")))
     }
 }
 
@@ -95,15 +78,13 @@ impl ModelConfig {
     /// Q/K in the rotate-half layout.
     pub fn from_hf_json(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let file = path.as_ref();
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| ModelError::Io { file: file.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ModelError::Io { file: file.to_path_buf(), source })?;
         Self::from_hf_json_str(&text, file)
     }
 
     /// Parses the text of an HF `config.json`; `file` is only used in error messages.
     pub fn from_hf_json_str(text: &str, file: &Path) -> Result<Self, ModelError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|source| ModelError::Json { file: file.to_path_buf(), source })?;
+        let value: Value = serde_json::from_str(text).map_err(|source| ModelError::Json { file: file.to_path_buf(), source })?;
         let obj = value.as_object().ok_or_else(|| ModelError::ConfigField {
             file: file.to_path_buf(),
             field: "(root)".into(),
@@ -163,9 +144,10 @@ fn parse_architecture(f: &Fields<'_>) -> Result<Architecture, ModelError> {
 /// Rejects options that would change the maths this model implements.
 fn check_supported(f: &Fields<'_>) -> Result<(), ModelError> {
     if let Some(act) = f.get("hidden_act").and_then(Value::as_str)
-        && act != "silu" {
-            return Err(f.err("hidden_act", format!("`{act}` is not supported; only silu (SwiGLU)")));
-        }
+        && act != "silu"
+    {
+        return Err(f.err("hidden_act", format!("`{act}` is not supported; only silu (SwiGLU)")));
+    }
     for field in ["attention_bias", "mlp_bias"] {
         if f.opt_bool(field)? == Some(true) {
             return Err(f.err(field, "biases are not supported; set it to false"));
@@ -182,14 +164,13 @@ fn rope_theta(f: &Fields<'_>) -> Result<f64, ModelError> {
         return Ok(theta);
     }
     let Some(params) = f.get("rope_parameters") else { return Ok(10_000.0) };
-    let obj = params
-        .as_object()
-        .ok_or_else(|| f.err("rope_parameters", "expected an object"))?;
+    let obj = params.as_object().ok_or_else(|| f.err("rope_parameters", "expected an object"))?;
     let inner = Fields { file: f.file, obj };
     if let Some(kind) = inner.get("rope_type").and_then(Value::as_str)
-        && kind != "default" {
-            return Err(f.err("rope_parameters.rope_type", format!("`{kind}` is not supported; only default RoPE")));
-        }
+        && kind != "default"
+    {
+        return Err(f.err("rope_parameters.rope_type", format!("`{kind}` is not supported; only default RoPE")));
+    }
     Ok(inner.opt_f64("rope_theta")?.unwrap_or(10_000.0))
 }
 
@@ -218,10 +199,8 @@ pub fn safetensors_files(path: &Path) -> Result<Vec<PathBuf>, ModelError> {
 
 /// The distinct shard files listed in the `weight_map` of an index file, in sorted order.
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|source| ModelError::Io { file: index.to_path_buf(), source })?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|source| ModelError::Json { file: index.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io { file: index.to_path_buf(), source })?;
+    let value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { file: index.to_path_buf(), source })?;
     let map = value.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::ConfigField {
         file: index.to_path_buf(),
         field: "weight_map".into(),
@@ -251,18 +230,12 @@ pub fn load_safetensors(path: &Path, dtype: DType, device: &Device) -> Result<We
     Ok(WeightMap::new(tensors, path))
 }
 
-fn load_file(
-    file: &Path,
-    dtype: DType,
-    device: &Device,
-    out: &mut HashMap<String, Tensor>,
-) -> Result<(), ModelError> {
+fn load_file(file: &Path, dtype: DType, device: &Device, out: &mut HashMap<String, Tensor>) -> Result<(), ModelError> {
     let handle = std::fs::File::open(file).map_err(|source| ModelError::Io { file: file.to_path_buf(), source })?;
     // SAFETY: the mapping is read-only and dropped before this function returns; every tensor is
     // copied out of it. Concurrent truncation of the file by another process is not guarded against
     // (the same contract as every mmap-based checkpoint loader).
-    let mmap = unsafe { memmap2::Mmap::map(&handle) }
-        .map_err(|source| ModelError::Io { file: file.to_path_buf(), source })?;
+    let mmap = unsafe { memmap2::Mmap::map(&handle) }.map_err(|source| ModelError::Io { file: file.to_path_buf(), source })?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
         file: file.to_path_buf(),
         reason: format!("unreadable safetensors header ({e}); is the file truncated?"),
@@ -276,12 +249,10 @@ fn load_file(
                 return Err(ModelError::Safetensors {
                     file: file.to_path_buf(),
                     reason: format!("tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 are supported"),
-                })
+                });
             }
         };
-        let tensor = Tensor::from_raw_buffer(view.data(), src, view.shape(), &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
+        let tensor = Tensor::from_raw_buffer(view.data(), src, view.shape(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
         out.insert(name, tensor);
     }
     Ok(())

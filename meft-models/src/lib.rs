@@ -15,7 +15,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeLayout};
 pub use error::ModelError;
-pub use generate::{generate, GenerateConfig, Sampler, Sampling};
+pub use generate::{GenerateConfig, Sampler, Sampling, generate};
 pub use kv_cache::KvCache;
 pub use llama::{Llama, Score};
 pub use ops::OpPath;

@@ -41,37 +41,27 @@ impl ModelSource {
 /// Resolves a `--model` argument (see the module doc for the order).
 pub fn resolve(arg: &str) -> Result<ModelSource, ModelError> {
     let path = Path::new(arg);
-    let fail = |reason: String| ModelError::Resolve {
-        name: arg.to_string(),
-        reason,
-    };
+    let fail = |reason: String| ModelError::Resolve { name: arg.to_string(), reason };
     if path.is_file() {
         return Ok(ModelSource::Gguf(path.to_path_buf()));
     }
     if path.is_dir() {
         for needed in ["config.json", "tokenizer.json"] {
             if !path.join(needed).is_file() {
-                return Err(fail(format!(
-                    "directory has no `{needed}`; an HF checkpoint needs config.json, tokenizer.json and *.safetensors"
-                )));
+                return Err(fail(format!("directory has no `{needed}`; an HF checkpoint needs config.json, tokenizer.json and *.safetensors")));
             }
         }
         return Ok(ModelSource::HfDir(path.to_path_buf()));
     }
     if meft_assets::is_known_model(arg) {
         let cache = meft_assets::Cache::from_env();
-        return cache.model_path(arg).map(ModelSource::Gguf).map_err(|e| {
-            fail(format!(
-                "{e}; fetch the pinned assets with `cargo xtask assets` (cache: {})",
-                cache.root().display()
-            ))
-        });
+        return cache
+            .model_path(arg)
+            .map(ModelSource::Gguf)
+            .map_err(|e| fail(format!("{e}; fetch the pinned assets with `cargo xtask assets` (cache: {})", cache.root().display())));
     }
     let known: Vec<&str> = meft_assets::MODELS.iter().map(|m| m.name).collect();
-    Err(fail(format!(
-        "no such file or directory, and not a known model name (known: {})",
-        known.join(", ")
-    )))
+    Err(fail(format!("no such file or directory, and not a known model name (known: {})", known.join(", "))))
 }
 
 /// How the weights were stored on disk, for `meft info`.
@@ -128,18 +118,8 @@ fn load_gguf(path: &Path, dtype: DType) -> Result<ModelBundle, ModelError> {
     let template = gguf.get_str("tokenizer.chat_template").ok();
     let chat = detect_chat(template, &tokenizer);
     let weights = gguf.weights(dtype)?;
-    let storage = Storage::Gguf {
-        version: gguf.header().version,
-        parameters_by_type: gguf.parameter_counts(),
-    };
-    Ok(ModelBundle {
-        source: ModelSource::Gguf(path.to_path_buf()),
-        config,
-        weights,
-        tokenizer,
-        chat,
-        storage,
-    })
+    let storage = Storage::Gguf { version: gguf.header().version, parameters_by_type: gguf.parameter_counts() };
+    Ok(ModelBundle { source: ModelSource::Gguf(path.to_path_buf()), config, weights, tokenizer, chat, storage })
 }
 
 fn load_hf(dir: &Path, dtype: DType) -> Result<ModelBundle, ModelError> {
@@ -148,14 +128,7 @@ fn load_hf(dir: &Path, dtype: DType) -> Result<ModelBundle, ModelError> {
     let template = read_hf_chat_template(&dir.join("tokenizer_config.json"))?;
     let chat = detect_chat(template.as_deref(), &tokenizer);
     let weights = hf::load_safetensors(dir, dtype, &Device::Cpu)?;
-    Ok(ModelBundle {
-        source: ModelSource::HfDir(dir.to_path_buf()),
-        config,
-        weights,
-        tokenizer,
-        chat,
-        storage: Storage::Safetensors,
-    })
+    Ok(ModelBundle { source: ModelSource::HfDir(dir.to_path_buf()), config, weights, tokenizer, chat, storage: Storage::Safetensors })
 }
 
 fn detect_chat(template: Option<&str>, tokenizer: &Tokenizer) -> Option<ChatTemplate> {
@@ -169,20 +142,13 @@ fn read_hf_chat_template(path: &Path) -> Result<Option<String>, ModelError> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(ModelError::Io {
-                file: path.to_path_buf(),
-                source,
-            });
+            return Err(ModelError::Io { file: path.to_path_buf(), source });
         }
     };
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ModelError::Metadata {
-            file: path.to_path_buf(),
-            key: "(whole file)".into(),
-            problem: format!("not valid JSON: {e}"),
-        })?;
-    Ok(json
-        .get("chat_template")
-        .and_then(|v| v.as_str())
-        .map(str::to_string))
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Metadata {
+        file: path.to_path_buf(),
+        key: "(whole file)".into(),
+        problem: format!("not valid JSON: {e}"),
+    })?;
+    Ok(json.get("chat_template").and_then(|v| v.as_str()).map(str::to_string))
 }

@@ -71,22 +71,11 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Loads an HF `tokenizer.json`; BOS/EOS and `add_bos` come from the model config.
-    pub fn from_json_file(
-        path: impl AsRef<Path>,
-        config: &ModelConfig,
-    ) -> Result<Self, ModelError> {
+    pub fn from_json_file(path: impl AsRef<Path>, config: &ModelConfig) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
-            file: path.to_path_buf(),
-            reason: format!("cannot read tokenizer.json: {e}"),
-        })?;
-        let tok = Self {
-            inner,
-            source: path.to_path_buf(),
-            bos: config.bos_token_id,
-            eos: config.eos_token_id,
-            add_bos: config.add_bos_token,
-        };
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer { file: path.to_path_buf(), reason: format!("cannot read tokenizer.json: {e}") })?;
+        let tok = Self { inner, source: path.to_path_buf(), bos: config.bos_token_id, eos: config.eos_token_id, add_bos: config.add_bos_token };
         tok.check_vocab(config.vocab_size)?;
         Ok(tok)
     }
@@ -94,10 +83,7 @@ impl Tokenizer {
     /// Rebuilds the byte-level BPE tokenizer stored in a GGUF file's metadata.
     pub fn from_gguf(gguf: &GgufFile, config: &ModelConfig) -> Result<Self, ModelError> {
         let file = gguf.path().to_path_buf();
-        let fail = |reason: String| ModelError::Tokenizer {
-            file: file.clone(),
-            reason,
-        };
+        let fail = |reason: String| ModelError::Tokenizer { file: file.clone(), reason };
         let model = gguf.get_str("tokenizer.ggml.model")?;
         if model != "gpt2" {
             return Err(fail(format!(
@@ -106,67 +92,40 @@ impl Tokenizer {
             )));
         }
         let pre_name = gguf.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let pre = PreTokenizer::from_gguf(pre_name).ok_or_else(|| {
-            fail(format!("tokenizer.ggml.pre `{pre_name}` is not supported (known: default, gpt2, smollm, starcoder, refact)"))
-        })?;
+        let pre = PreTokenizer::from_gguf(pre_name)
+            .ok_or_else(|| fail(format!("tokenizer.ggml.pre `{pre_name}` is not supported (known: default, gpt2, smollm, starcoder, refact)")))?;
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
         let types = match gguf.get("tokenizer.ggml.token_type") {
             Some(_) => gguf.get_int_array("tokenizer.ggml.token_type")?,
             None => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
-            return Err(fail(format!(
-                "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}",
-                types.len(),
-                tokens.len()
-            )));
+            return Err(fail(format!("tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}", types.len(), tokens.len())));
         }
         let merges = gguf
             .get_str_array("tokenizer.ggml.merges")?
             .into_iter()
             .map(|m| {
-                let (a, b) = m
-                    .split_once(' ')
-                    .ok_or_else(|| fail(format!("merge `{m}` has no space")))?;
+                let (a, b) = m.split_once(' ').ok_or_else(|| fail(format!("merge `{m}` has no space")))?;
                 Ok((a.to_string(), b.to_string()))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| (t.to_string(), id as u32))
-            .collect();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(id, t)| (t.to_string(), id as u32)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| {
-                fail(format!(
-                    "cannot build BPE from tokenizer.ggml.tokens/merges: {e}"
-                ))
-            })?;
+            .map_err(|e| fail(format!("cannot build BPE from tokenizer.ggml.tokens/merges: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre.build()));
         inner.with_decoder(Some(ByteLevel::default()));
         let added = |kind: i64, special: bool| -> Vec<AddedToken> {
             let picked = tokens.iter().zip(&types).filter(|(_, t)| **t == kind);
-            picked
-                .map(|(tok, _)| AddedToken::from(tok.to_string(), special))
-                .collect()
+            picked.map(|(tok, _)| AddedToken::from(tok.to_string(), special)).collect()
         };
         let add_err = |e| fail(format!("cannot add the CONTROL/USER_DEFINED tokens: {e}"));
-        inner
-            .add_special_tokens(added(TOKEN_TYPE_CONTROL, true))
-            .map_err(add_err)?;
-        inner
-            .add_tokens(added(TOKEN_TYPE_USER_DEFINED, false))
-            .map_err(add_err)?;
-        let tok = Self {
-            inner,
-            source: file,
-            bos: config.bos_token_id,
-            eos: config.eos_token_id,
-            add_bos: config.add_bos_token,
-        };
+        inner.add_special_tokens(added(TOKEN_TYPE_CONTROL, true)).map_err(add_err)?;
+        inner.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false)).map_err(add_err)?;
+        let tok = Self { inner, source: file, bos: config.bos_token_id, eos: config.eos_token_id, add_bos: config.add_bos_token };
         tok.check_vocab(config.vocab_size)?;
         Ok(tok)
     }
@@ -175,11 +134,7 @@ impl Tokenizer {
     pub fn check_vocab(&self, model_vocab: usize) -> Result<(), ModelError> {
         let size = self.vocab_size();
         if size > model_vocab {
-            return Err(ModelError::VocabMismatch {
-                file: self.source.clone(),
-                tokenizer: size,
-                model: model_vocab,
-            });
+            return Err(ModelError::VocabMismatch { file: self.source.clone(), tokenizer: size, model: model_vocab });
         }
         Ok(())
     }
@@ -211,13 +166,7 @@ impl Tokenizer {
 
     /// Ids of the special (split-out) tokens, sorted.
     pub fn special_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self
-            .inner
-            .get_added_tokens_decoder()
-            .into_iter()
-            .filter(|(_, t)| t.special)
-            .map(|(id, _)| id)
-            .collect();
+        let mut ids: Vec<u32> = self.inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
         ids.sort_unstable();
         ids
     }
@@ -234,10 +183,7 @@ impl Tokenizer {
 
     /// Encodes `text` (special tokens in it are recognised); BOS first when the model asks for it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| self.err(format!("encode: {e}")))?;
+        let encoding = self.inner.encode(text, false).map_err(|e| self.err(format!("encode: {e}")))?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
         if let (true, Some(bos)) = (self.add_bos, self.bos) {
             ids.push(bos);
@@ -248,16 +194,11 @@ impl Tokenizer {
 
     /// Decodes ids to text, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| self.err(format!("decode: {e}")))
+        self.inner.decode(ids, false).map_err(|e| self.err(format!("decode: {e}")))
     }
 
     fn err(&self, reason: String) -> ModelError {
-        ModelError::Tokenizer {
-            file: self.source.clone(),
-            reason,
-        }
+        ModelError::Tokenizer { file: self.source.clone(), reason }
     }
 }
 
@@ -274,10 +215,7 @@ impl TextStream {
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, ModelError> {
         self.ids.push(id);
         let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}')
-            || text.len() < self.printed
-            || !text.is_char_boundary(self.printed)
-        {
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
             return Ok(String::new());
         }
         let piece = text[self.printed..].to_string();

@@ -41,17 +41,8 @@ impl WeightMap {
     }
 
     /// Removes and returns tensor `name`, checking its shape and converting it to `dtype` on `device`.
-    pub fn take(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor, ModelError> {
-        let tensor = self.tensors.remove(name).ok_or_else(|| ModelError::MissingTensor {
-            file: self.source.clone(),
-            tensor: name.to_string(),
-        })?;
+    pub fn take(&mut self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
+        let tensor = self.tensors.remove(name).ok_or_else(|| ModelError::MissingTensor { file: self.source.clone(), tensor: name.to_string() })?;
         if tensor.dims() != shape {
             return Err(ModelError::ShapeMismatch {
                 file: self.source.clone(),

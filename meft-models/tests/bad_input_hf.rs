@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use meft_models::{hf, Llama, ModelConfig, ModelError};
+use meft_models::{Llama, ModelConfig, ModelError, hf};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("meft-models-bad-{name}-{}", std::process::id()));

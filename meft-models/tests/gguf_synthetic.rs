@@ -41,25 +41,11 @@ fn tiny_model_loads_with_hf_names_and_config() {
     let path = tiny_llama().write(&dir, "tiny.gguf");
     let gguf = GgufFile::open(&path).unwrap();
     let cfg = gguf.config().unwrap();
-    assert_eq!(
-        (
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim
-        ),
-        (8, 2, 1, 4)
-    );
-    assert_eq!(
-        (cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers),
-        (8, 16, 1)
-    );
+    assert_eq!((cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim), (8, 2, 1, 4));
+    assert_eq!((cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers), (8, 16, 1));
     assert_eq!(cfg.rope_layout, RopeLayout::Interleaved);
     assert!(cfg.tie_word_embeddings);
-    assert_eq!(
-        (cfg.bos_token_id, cfg.eos_token_id, cfg.add_bos_token),
-        (Some(1), Some(2), false)
-    );
+    assert_eq!((cfg.bos_token_id, cfg.eos_token_id, cfg.add_bos_token), (Some(1), Some(2), false));
     let weights = gguf.weights(DType::F32).unwrap();
     assert!(weights.contains("model.embed_tokens.weight"));
     assert!(weights.contains("model.layers.0.mlp.down_proj.weight"));
@@ -85,22 +71,10 @@ fn tokenizer_splits_control_tokens_before_bpe() {
 #[test]
 fn truncated_file_is_a_typed_error() {
     let dir = temp_dir("trunc-full");
-    let data_start = GgufFile::open(tiny_llama().write(&dir, "full.gguf"))
-        .unwrap()
-        .header()
-        .data_start;
+    let data_start = GgufFile::open(tiny_llama().write(&dir, "full.gguf")).unwrap().header().data_start;
     std::fs::remove_dir_all(&dir).ok();
     let bytes = tiny_llama().to_bytes();
-    for cut in [
-        0,
-        3,
-        10,
-        30,
-        200,
-        data_start - 40,
-        data_start + 40,
-        bytes.len() - 5,
-    ] {
+    for cut in [0, 3, 10, 30, 200, data_start - 40, data_start + 40, bytes.len() - 5] {
         match check_bytes(&bytes[..cut], "trunc") {
             Err(ModelError::Truncated { file, what }) => {
                 assert!(file.ends_with("model.gguf"), "{file:?}");
@@ -109,13 +83,8 @@ fn truncated_file_is_a_typed_error() {
             other => panic!("cut at {cut}: expected Truncated, got {other:?}"),
         }
     }
-    let last = check_bytes(&bytes[..bytes.len() - 5], "trunc-data")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        last.contains("output_norm.weight") && last.contains("model.gguf"),
-        "{last}"
-    );
+    let last = check_bytes(&bytes[..bytes.len() - 5], "trunc-data").unwrap_err().to_string();
+    assert!(last.contains("output_norm.weight") && last.contains("model.gguf"), "{last}");
 }
 
 #[test]
@@ -142,11 +111,7 @@ fn garbled_header_is_a_typed_error() {
 #[test]
 fn unsupported_tensor_type_names_the_tensor() {
     let mut w = tiny_llama();
-    let t = w
-        .tensors
-        .iter_mut()
-        .find(|t| t.name == "blk.0.attn_q.weight")
-        .unwrap();
+    let t = w.tensors.iter_mut().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
     t.ggml_type = 6; // Q5_0
     t.data.truncate(44);
     match check(&w, "qtype") {
@@ -170,15 +135,8 @@ fn missing_or_mistyped_metadata_names_the_key() {
     }
     let w = tiny_llama().set("llama.block_count", Value::Str("thirty".into()));
     let err = check(&w, "mistyped").unwrap_err().to_string();
-    assert!(
-        err.contains("llama.block_count") && err.contains("string"),
-        "{err}"
-    );
-    let err = check(
-        &tiny_llama().set("general.architecture", Value::Str("gpt2".into())),
-        "arch",
-    )
-    .unwrap_err();
+    assert!(err.contains("llama.block_count") && err.contains("string"), "{err}");
+    let err = check(&tiny_llama().set("general.architecture", Value::Str("gpt2".into())), "arch").unwrap_err();
     assert!(err.to_string().contains("general.architecture"), "{err}");
 }
 
@@ -186,26 +144,16 @@ fn missing_or_mistyped_metadata_names_the_key() {
 fn tokenizer_vocab_mismatch_is_a_typed_error() {
     let w = tiny_llama().set("llama.vocab_size", Value::U32(6));
     match check(&w, "vocab") {
-        Err(ModelError::VocabMismatch {
-            tokenizer,
-            model,
-            file,
-        }) => {
+        Err(ModelError::VocabMismatch { tokenizer, model, file }) => {
             assert_eq!((tokenizer, model), (8, 6));
             assert!(file.ends_with("model.gguf"));
         }
         other => panic!("expected VocabMismatch, got {other:?}"),
     }
     let w = tiny_llama().set("tokenizer.ggml.token_type", Value::I32Array(vec![1, 1]));
-    assert!(matches!(
-        check(&w, "types"),
-        Err(ModelError::Tokenizer { .. })
-    ));
+    assert!(matches!(check(&w, "types"), Err(ModelError::Tokenizer { .. })));
     let w = tiny_llama().set("tokenizer.ggml.merges", Value::StrArray(vec!["a x".into()]));
-    assert!(matches!(
-        check(&w, "merges"),
-        Err(ModelError::Tokenizer { .. })
-    ));
+    assert!(matches!(check(&w, "merges"), Err(ModelError::Tokenizer { .. })));
 }
 
 #[test]

@@ -25,8 +25,7 @@ fn logits_loss_and_parameter_gradients_match_pytorch() {
         let exp = expected(case);
         for path in PATHS {
             let mut weights = raw_weights(case);
-            let param_names: Vec<String> =
-                exp.keys().filter_map(|k| k.strip_prefix("grad.")).map(str::to_string).collect();
+            let param_names: Vec<String> = exp.keys().filter_map(|k| k.strip_prefix("grad.")).map(str::to_string).collect();
             let mut vars = Vec::new();
             for name in &param_names {
                 let var = Var::from_tensor(&weights[name]).unwrap();

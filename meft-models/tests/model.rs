@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::*;
 use meft_core::{AdapterHook, LinearSite, NoAdapters};
-use meft_models::{generate, hf, Architecture, GenerateConfig, KvCache, OpPath, Sampler, Sampling};
+use meft_models::{Architecture, GenerateConfig, KvCache, OpPath, Sampler, Sampling, generate, hf};
 
 #[test]
 fn kv_cache_inference_equals_full_forward() {
@@ -104,15 +104,7 @@ impl AdapterHook for TestAdapters {
 
 #[test]
 fn every_adapter_parameter_gets_a_gradient_through_all_layers() {
-    let sites = [
-        LinearSite::Query,
-        LinearSite::Key,
-        LinearSite::Value,
-        LinearSite::Output,
-        LinearSite::Gate,
-        LinearSite::Up,
-        LinearSite::Down,
-    ];
+    let sites = [LinearSite::Query, LinearSite::Key, LinearSite::Value, LinearSite::Output, LinearSite::Gate, LinearSite::Up, LinearSite::Down];
     for path in [OpPath::Fused, OpPath::Reference] {
         let model = model("llama_tiny", path);
         let cfg = &model.config;
@@ -126,9 +118,7 @@ fn every_adapter_parameter_gets_a_gradient_through_all_layers() {
         let randn = |shape: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &Device::Cpu).unwrap()).unwrap();
         let hook = TestAdapters {
             ffn: (0..cfg.num_hidden_layers).map(|_| (randn(&[d, 8]), randn(&[8, d]))).collect(),
-            linear: (0..cfg.num_hidden_layers)
-                .flat_map(|l| sites.map(|s| ((l, s), randn(&[1, widths(s)]))))
-                .collect(),
+            linear: (0..cfg.num_hidden_layers).flat_map(|l| sites.map(|s| ((l, s), randn(&[1, widths(s)])))).collect(),
         };
         let toks = tokens("llama_tiny");
         let logits = model.forward(&toks, &hook).unwrap();
@@ -213,7 +203,8 @@ fn bf16_frozen_products_track_f32_and_agree_across_paths() {
             let hook = FfnOnly { ffn: ffn.iter().map(|(a, b)| (vars(a), vars(b))).collect(), per_op };
             let logits = model.forward(&toks, &hook).unwrap();
             let grads = model.next_token_loss(&logits, &toks, None).unwrap().backward().unwrap();
-            let g: Vec<Tensor> = hook.ffn.iter().flat_map(|(a, b)| [a, b]).map(|v| grads.get(v.as_tensor()).expect("adapter gradient").clone()).collect();
+            let g: Vec<Tensor> =
+                hook.ffn.iter().flat_map(|(a, b)| [a, b]).map(|v| grads.get(v.as_tensor()).expect("adapter gradient").clone()).collect();
             (logits, g)
         };
         let (blocks, g_blocks) = run(false);
@@ -288,7 +279,8 @@ fn adapter_h_runs_on_both_paths_and_trains_every_layer() {
             let m = model(case, path);
             let logits = m.forward(&toks, &a).unwrap();
             let grads = m.next_token_loss(&logits, &toks, None).unwrap().backward().unwrap();
-            let g: Vec<Tensor> = a.vars().iter().map(|(n, v)| grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{n}: no gradient")).clone()).collect();
+            let g: Vec<Tensor> =
+                a.vars().iter().map(|(n, v)| grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{n}: no gradient")).clone()).collect();
             (logits, g)
         };
         let (fused, g_fused) = run(OpPath::Fused);
@@ -321,7 +313,8 @@ fn loss_of_hidden_states_equals_loss_of_logits() {
     for name in ["llama_tiny", "mistral_tiny"] {
         let model = model(name, OpPath::Fused);
         let toks = tokens(name);
-        let mask = Tensor::from_vec((0..toks.elem_count()).map(|i| (i % 3 != 1) as u8 as f32).collect::<Vec<f32>>(), toks.dims(), &Device::Cpu).unwrap();
+        let mask =
+            Tensor::from_vec((0..toks.elem_count()).map(|i| (i % 3 != 1) as u8 as f32).collect::<Vec<f32>>(), toks.dims(), &Device::Cpu).unwrap();
         for m in [None, Some(&mask)] {
             let run = |fused: bool| {
                 let h = Var::from_tensor(&model.embed(&toks).unwrap()).unwrap();
@@ -460,7 +453,15 @@ fn batched_decoding_step_equals_each_sequence_stepped_alone() {
             let cfg = &model.config;
             let (d, f, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim);
             let randn = |shape: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 0.1, shape, &Device::Cpu).unwrap()).unwrap();
-            let sites = [(LinearSite::Query, d), (LinearSite::Key, kv), (LinearSite::Value, kv), (LinearSite::Output, d), (LinearSite::Gate, f), (LinearSite::Up, f), (LinearSite::Down, d)];
+            let sites = [
+                (LinearSite::Query, d),
+                (LinearSite::Key, kv),
+                (LinearSite::Value, kv),
+                (LinearSite::Output, d),
+                (LinearSite::Gate, f),
+                (LinearSite::Up, f),
+                (LinearSite::Down, d),
+            ];
             let adapters = TestAdapters {
                 ffn: (0..cfg.num_hidden_layers).map(|_| (randn(&[d, 8]), randn(&[8, d]))).collect(),
                 linear: (0..cfg.num_hidden_layers).flat_map(|l| sites.map(|(s, w)| ((l, s), randn(&[1, w])))).collect(),

@@ -37,44 +37,24 @@ fn real() -> Option<&'static Real> {
         let tokenizer = Tokenizer::from_gguf(&gguf, &config).expect("tokenizer");
         let weights = gguf.weights(DType::F32).expect("dequantise");
         let model = Llama::load(&config, weights, DType::F32, &Device::Cpu).expect("build model");
-        Some(Real {
-            gguf,
-            model,
-            tokenizer,
-        })
+        Some(Real { gguf, model, tokenizer })
     })
     .as_ref()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
 #[test]
 fn config_matches_spec() {
     let Some(r) = real() else { return };
     let c = &r.model.config;
-    assert_eq!(
-        (c.num_hidden_layers, c.hidden_size, c.intermediate_size),
-        (30, 576, 1536)
-    );
-    assert_eq!(
-        (c.num_attention_heads, c.num_key_value_heads, c.head_dim),
-        (9, 3, 64)
-    );
-    assert_eq!(
-        (c.vocab_size, c.rope_theta, c.tie_word_embeddings),
-        (49_152, 100_000.0, true)
-    );
+    assert_eq!((c.num_hidden_layers, c.hidden_size, c.intermediate_size), (30, 576, 1536));
+    assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim), (9, 3, 64));
+    assert_eq!((c.vocab_size, c.rope_theta, c.tie_word_embeddings), (49_152, 100_000.0, true));
     assert!((c.rms_norm_eps - 1e-5).abs() < 1e-9);
-    assert_eq!(
-        (c.bos_token_id, c.eos_token_id, c.add_bos_token),
-        (Some(1), Some(2), false)
-    );
+    assert_eq!((c.bos_token_id, c.eos_token_id, c.add_bos_token), (Some(1), Some(2), false));
 }
 
 #[test]
@@ -82,11 +62,7 @@ fn tokenizer_matches_reference() {
     let Some(r) = real() else { return };
     for case in reference()["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(
-            r.tokenizer.encode(text).unwrap(),
-            ids(&case["ids"]),
-            "{text:?}"
-        );
+        assert_eq!(r.tokenizer.encode(text).unwrap(), ids(&case["ids"]), "{text:?}");
         assert_eq!(r.tokenizer.decode(&ids(&case["ids"])).unwrap(), text);
     }
     assert_eq!(r.tokenizer.encode("<|im_start|>user").unwrap()[0], 1);
@@ -98,33 +74,16 @@ fn dequantisation_matches_reference_and_slow_path() {
     let refs = reference();
     for (name, expected) in refs["tensors"].as_object().unwrap() {
         let info = r.gguf.tensor_info(name).unwrap();
-        let fast = r
-            .gguf
-            .dequantize(info, DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let fast = r.gguf.dequantize(info, DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let slow = r.gguf.dequantize_slow(info).unwrap();
         assert_eq!(fast, slow, "{name}: fast and slow dequantisers differ");
-        for (i, (got, want)) in fast
-            .iter()
-            .zip(expected["first"].as_array().unwrap())
-            .enumerate()
-        {
+        for (i, (got, want)) in fast.iter().zip(expected["first"].as_array().unwrap()).enumerate() {
             let (got, want) = (f64::from(*got), want.as_f64().unwrap());
-            assert!(
-                (got - want).abs() <= 1e-7 * (1.0 + want.abs()),
-                "{name}[{i}]: {got} vs {want}"
-            );
+            assert!((got - want).abs() <= 1e-7 * (1.0 + want.abs()), "{name}[{i}]: {got} vs {want}");
         }
         let sum: f64 = fast.iter().map(|&x| f64::from(x)).sum();
         let want = expected["sum"].as_f64().unwrap();
-        assert!(
-            (sum - want).abs() <= 1e-6 * (1.0 + expected["abs_sum"].as_f64().unwrap()),
-            "{name}: sum {sum} vs {want}"
-        );
+        assert!((sum - want).abs() <= 1e-6 * (1.0 + expected["abs_sum"].as_f64().unwrap()), "{name}: sum {sum} vs {want}");
     }
 }
 
@@ -132,49 +91,25 @@ fn dequantisation_matches_reference_and_slow_path() {
 fn mean_nll_matches_numpy_reference() {
     let Some(r) = real() else { return };
     let refs = reference();
-    let tokens = r
-        .tokenizer
-        .encode(refs["sentence"].as_str().unwrap())
-        .unwrap();
+    let tokens = r.tokenizer.encode(refs["sentence"].as_str().unwrap()).unwrap();
     assert_eq!(tokens, ids(&refs["sentence_ids"]));
     let score = r.model.score(&tokens).unwrap();
     let want = refs["mean_nll"].as_f64().unwrap();
-    println!(
-        "mean NLL: meft {:.6}, NumPy reference {want:.6}, |diff| {:.2e}",
-        score.mean_nll,
-        (score.mean_nll - want).abs()
-    );
-    assert!(
-        (score.mean_nll - want).abs() < 1e-3,
-        "meft {} vs reference {want}",
-        score.mean_nll
-    );
+    println!("mean NLL: meft {:.6}, NumPy reference {want:.6}, |diff| {:.2e}", score.mean_nll, (score.mean_nll - want).abs());
+    assert!((score.mean_nll - want).abs() < 1e-3, "meft {} vs reference {want}", score.mean_nll);
 }
 
 #[test]
 fn greedy_capital_of_france_is_paris() {
     let Some(r) = real() else { return };
     let refs = reference();
-    let prompt = r
-        .tokenizer
-        .encode(refs["prompt"].as_str().unwrap())
-        .unwrap();
+    let prompt = r.tokenizer.encode(refs["prompt"].as_str().unwrap()).unwrap();
     let want = ids(&refs["greedy_ids"]);
-    let config = meft_models::GenerateConfig {
-        max_new_tokens: want.len(),
-        sampling: meft_models::Sampling::Greedy,
-        stop_tokens: vec![],
-    };
-    let out = meft_models::generate(&r.model, &prompt, &config, &meft_core::NoAdapters, |_| {
-        std::ops::ControlFlow::Continue(())
-    })
-    .unwrap();
+    let config = meft_models::GenerateConfig { max_new_tokens: want.len(), sampling: meft_models::Sampling::Greedy, stop_tokens: vec![] };
+    let out = meft_models::generate(&r.model, &prompt, &config, &meft_core::NoAdapters, |_| std::ops::ControlFlow::Continue(())).unwrap();
     let text = r.tokenizer.decode(&out).unwrap();
     assert!(text.starts_with(" Paris"), "greedy continuation {text:?}");
-    assert_eq!(
-        out, want,
-        "greedy ids differ from the NumPy reference ({text:?})"
-    );
+    assert_eq!(out, want, "greedy ids differ from the NumPy reference ({text:?})");
 }
 
 /// SmolLM2 with bf16 frozen products: the mean NLL of the reference sentence stays within
@@ -205,38 +140,18 @@ fn logits(model: &Llama, tokens: &[u32]) -> Tensor {
 #[test]
 fn mistral_with_full_window_equals_llama() {
     let Some(r) = real() else { return };
-    let tokens = r
-        .tokenizer
-        .encode("Sliding windows only matter once the sequence is longer than them.")
-        .unwrap();
+    let tokens = r.tokenizer.encode("Sliding windows only matter once the sequence is longer than them.").unwrap();
     let llama = logits(&r.model, &tokens);
     let mut mistral = r.model.clone();
     mistral.config.architecture = Architecture::Mistral;
     mistral.config.sliding_window = Some(tokens.len());
     let full = logits(&mistral, &tokens);
-    let diff = (&llama - &full)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = (&llama - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(diff, 0.0, "window >= length must be exactly full attention");
     mistral.config.sliding_window = Some(3);
     let narrow = logits(&mistral, &tokens);
-    let diff = (&llama - &narrow)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(
-        diff > 1e-3,
-        "a window of 3 must change the logits (max diff {diff})"
-    );
+    let diff = (&llama - &narrow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff > 1e-3, "a window of 3 must change the logits (max diff {diff})");
 }
 
 /// A Parallel-Adapter-like probe beside every FFN: adds `x ⊙ scale[layer]` (scale starts at
@@ -252,12 +167,7 @@ impl AdapterHook for Probe {
         Ok(Some(x.broadcast_mul(self.scales[layer].as_tensor())?))
     }
 
-    fn linear(
-        &self,
-        _layer: usize,
-        _site: LinearSite,
-        _x: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn linear(&self, _layer: usize, _site: LinearSite, _x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(None)
     }
 }
@@ -270,45 +180,21 @@ impl AdapterHook for Probe {
 fn every_ffn_input_gets_a_gradient_in_training_mode() {
     let Some(r) = real() else { return };
     let model = &r.model;
-    let tokens = r
-        .tokenizer
-        .encode("Gradients must reach every layer.")
-        .unwrap();
+    let tokens = r.tokenizer.encode("Gradients must reach every layer.").unwrap();
     let ids = Tensor::from_slice(&tokens, (1, tokens.len()), &Device::Cpu).unwrap();
     let d = model.config.hidden_size;
-    let probe = Probe {
-        scales: (0..model.layers.len())
-            .map(|_| Var::zeros(d, DType::F32, &Device::Cpu).unwrap())
-            .collect(),
-        calls: Mutex::new(Vec::new()),
-    };
+    let probe =
+        Probe { scales: (0..model.layers.len()).map(|_| Var::zeros(d, DType::F32, &Device::Cpu).unwrap()).collect(), calls: Mutex::new(Vec::new()) };
     let embeds = Var::from_tensor(&model.embed(&ids).unwrap()).unwrap();
     let logits = model.forward_embeds(embeds.as_tensor(), &probe).unwrap();
     let loss = model.next_token_loss(&logits, &ids, None).unwrap();
     let grads = loss.backward().unwrap();
-    let norm = |t: &Tensor| {
-        t.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(
-        *probe.calls.lock().unwrap(),
-        (0..model.layers.len()).collect::<Vec<_>>()
-    );
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(*probe.calls.lock().unwrap(), (0..model.layers.len()).collect::<Vec<_>>());
     for (layer, scale) in probe.scales.iter().enumerate() {
-        let g = grads
-            .get(scale.as_tensor())
-            .unwrap_or_else(|| panic!("layer {layer}: no gradient at the FFN site"));
-        assert!(
-            norm(g) > 0.0,
-            "layer {layer}: zero gradient at the FFN site"
-        );
+        let g = grads.get(scale.as_tensor()).unwrap_or_else(|| panic!("layer {layer}: no gradient at the FFN site"));
+        assert!(norm(g) > 0.0, "layer {layer}: zero gradient at the FFN site");
     }
-    let g = grads
-        .get(embeds.as_tensor())
-        .expect("gradient reaches the input embeddings");
+    let g = grads.get(embeds.as_tensor()).expect("gradient reaches the input embeddings");
     assert!(norm(g) > 0.0);
 }

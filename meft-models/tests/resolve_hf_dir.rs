@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
+use meft_models::ModelError;
 use meft_models::chat::{ChatTemplate, Message};
 use meft_models::resolve::{self, ModelSource};
-use meft_models::ModelError;
 
 const TOKENIZER_JSON: &str = r#"{
   "version": "1.0", "truncation": null, "padding": null,

@@ -50,13 +50,7 @@ fn setup() -> Setup {
     let layout = ExpertLayout::with_default_factor(M).expect("layout");
     let keys = lcg_vec(M * D, 1, 0.07);
     let arena = LayerArena::new(D, &keys, &vec![0.0; M * D]).expect("arena");
-    let cfg = RouteConfig {
-        top_p: P,
-        top_k: K,
-        scoring: Scoring::Gated,
-        capacity: Capacity::Rows(M),
-        finite_check: FiniteCheck::Scored,
-    };
+    let cfg = RouteConfig { top_p: P, top_k: K, scoring: Scoring::Gated, capacity: Capacity::Rows(M), finite_check: FiniteCheck::Scored };
     let x = lcg_vec(T * D, 2, 2.0);
     let gate_scores = lcg_vec(T * layout.experts(), 3, 2.0);
     let mut setup = Setup { arena, layout, cfg, x, gate_scores, union: Vec::new(), staging: Vec::new(), grads: Vec::new() };

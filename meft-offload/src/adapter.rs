@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use meft_core::adapters::DeviceAdamW;
-use meft_core::sparse::{Evaluation, GateInput, SparseIndex, SparseSelection, sparse_adapter_forward, sparse_activation_bytes};
+use meft_core::sparse::{Evaluation, GateInput, SparseIndex, SparseSelection, sparse_activation_bytes, sparse_adapter_forward};
 use meft_core::sparse_fused::{PairIndex, fused_activation_bytes, sparse_adapter_fused};
 use meft_core::{AdapterHook, LinearSite};
 use meft_router::{Capacity, ExpertLayout, FiniteCheck, RouteConfig, RouteScratch, Scoring, init_gates};
@@ -70,12 +70,7 @@ impl MeftAdapter {
     }
 
     /// An adapter over given host arenas (one per planned layer, in plan order).
-    pub fn from_arenas(
-        cfg: MeftConfig,
-        plan: OffloadPlan,
-        device: Arc<OffloadDevice>,
-        arenas: Vec<(usize, LayerArena)>,
-    ) -> Result<Self> {
+    pub fn from_arenas(cfg: MeftConfig, plan: OffloadPlan, device: Arc<OffloadDevice>, arenas: Vec<(usize, LayerArena)>) -> Result<Self> {
         plan.validate(&cfg)?;
         let layout = ExpertLayout::new(cfg.neurons, cfg.experts)?;
         check_arenas(&cfg, &plan, &arenas)?;

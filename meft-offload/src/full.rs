@@ -64,7 +64,8 @@ impl FullOffloadAdapter {
     /// An adapter over host `arenas` (one per adapted layer, all of `M` rows of `2·hidden`).
     pub fn new(hidden: usize, act: Activation, adamw: AdamWConfig, arenas: Vec<(usize, LayerArena)>, device: Arc<OffloadDevice>) -> Result<Self> {
         adamw.validate().map_err(|e| OffloadError::plan("adamw", e.to_string(), "fix the optimizer config"))?;
-        let rows = arenas.first().map(|(_, a)| a.rows()).ok_or_else(|| OffloadError::plan("layers", "is empty", "list at least one adapted layer"))?;
+        let rows =
+            arenas.first().map(|(_, a)| a.rows()).ok_or_else(|| OffloadError::plan("layers", "is empty", "list at least one adapted layer"))?;
         if let Some((l, a)) = arenas.iter().find(|(_, a)| a.rows() != rows || a.row_len() != 2 * hidden) {
             return Err(OffloadError::plan(
                 format!("host arena of layer {l}"),
@@ -209,7 +210,6 @@ impl FullOffloadAdapter {
         }
         Ok(out)
     }
-
 }
 
 impl AdapterHook for FullOffloadAdapter {

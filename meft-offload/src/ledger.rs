@@ -171,8 +171,19 @@ impl StepRecord {
             let h = &l.host;
             s += &format!(
                 "{:5} {:6} {:6} {:6} {:9} {:9} {:18.3e}  {}/{}/{}/{}/{}/{}\n",
-                l.layer, l.tokens, l.union_rows, l.drops, l.h2d_bytes, l.d2h_bytes, l.link_time_s,
-                h.route_ns / 1000, h.gather_ns / 1000, h.h2d_ns / 1000, h.d2h_ns / 1000, h.scatter_ns / 1000, h.adamw_ns / 1000
+                l.layer,
+                l.tokens,
+                l.union_rows,
+                l.drops,
+                l.h2d_bytes,
+                l.d2h_bytes,
+                l.link_time_s,
+                h.route_ns / 1000,
+                h.gather_ns / 1000,
+                h.h2d_ns / 1000,
+                h.d2h_ns / 1000,
+                h.scatter_ns / 1000,
+                h.adamw_ns / 1000
             );
         }
         s += &format!(

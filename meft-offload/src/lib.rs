@@ -35,5 +35,5 @@ pub use device::{Category, CategoryBytes, DeviceKind, DriverInfo, MemoryReport, 
 pub use error::{OffloadError, Result};
 pub use full::{FullOffloadAdapter, FullOffloadStep};
 pub use host::{HostStore, LayerArena, random_arenas};
-pub use ledger::{Ledger, LayerRecord, LinkModel, PhaseTimes, StepRecord, StepStatus, TimeSource};
+pub use ledger::{LayerRecord, Ledger, LinkModel, PhaseTimes, StepRecord, StepStatus, TimeSource};
 pub use plan::{HostOptimizer, LayerPlan, MeftConfig, OffloadPlan, PrefetchMode};

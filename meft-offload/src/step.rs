@@ -158,9 +158,7 @@ impl MeftAdapter {
             .layers
             .iter()
             .map(|l| {
-                let mut rec = records
-                    .remove(&l.layer)
-                    .unwrap_or_else(|| LayerRecord::new(l.layer, self.link_source(), self.full_offload_bytes()));
+                let mut rec = records.remove(&l.layer).unwrap_or_else(|| LayerRecord::new(l.layer, self.link_source(), self.full_offload_bytes()));
                 rec.host.adamw_ns = adamw_ns.get(&l.layer).copied().unwrap_or(0);
                 rec
             })

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use common::*;
 use meft_core::optim::{AdamWBuffers, FAST_VS_SLOW_REL_TOL, adamw_dense_slow};
-use meft_offload::{
-    Category, DeviceKind, HostOptimizer, Ledger, MeftConfig, OffloadDevice, OffloadError, OffloadPlan, PrefetchMode,
-    StepStatus,
-};
+use meft_offload::{Category, DeviceKind, HostOptimizer, Ledger, MeftConfig, OffloadDevice, OffloadError, OffloadPlan, PrefetchMode, StepStatus};
 
 const D: usize = 8;
 const M: usize = 64;

@@ -31,10 +31,13 @@ fn degenerate_meft_equals_dense_parallel_adapter() {
         })
         .collect();
     let dense = ParallelAdapter::from_layers(Activation::Relu, dense_layers);
-    let vars: Vec<Var> = layers.iter().flat_map(|l| {
-        let p = dense.layer(*l).unwrap();
-        [p.keys.clone(), p.values.clone()]
-    }).collect();
+    let vars: Vec<Var> = layers
+        .iter()
+        .flat_map(|l| {
+            let p = dense.layer(*l).unwrap();
+            [p.keys.clone(), p.values.clone()]
+        })
+        .collect();
     let mut opt = DeviceAdamW::new(cfg.adamw, vars).unwrap();
     for step in 0..5 {
         let x = tensor(&mut rng, (2, 3, d), 1.0);

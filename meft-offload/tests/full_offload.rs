@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{Rng, Toy};
+use meft_core::AdapterHook;
 use meft_core::adapters::{Activation, DeviceAdamW, ParallelAdapter, ParallelAdapterLayer, Trainable};
 use meft_core::optim::AdamWConfig;
-use meft_core::AdapterHook;
 use meft_offload::{DeviceKind, FullOffloadAdapter, LayerArena, OffloadDevice, StepStatus};
 
 const D: usize = 8;

@@ -18,17 +18,15 @@ const K: usize = 64;
 
 fn fill(len: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut v = vec![0.0f32; len];
-    v.par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut s = (seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
-            for x in chunk {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                *x = (((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale;
-            }
-        });
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+        let mut s = (seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        for x in chunk {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            *x = (((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale;
+        }
+    });
     v
 }
 
@@ -91,28 +89,15 @@ fn bandwidth() -> f64 {
 
 fn torch_peer(d: usize, m: usize) -> Option<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_peer.py");
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import torch"])
-        .output();
+    let ok = std::process::Command::new("python3").args(["-c", "import torch"]).output();
     if !ok.map(|o| o.status.success()).unwrap_or(false) {
         return Some("skipped: python3 cannot import torch".into());
     }
     let out = std::process::Command::new("python3")
-        .args([
-            script,
-            &d.to_string(),
-            &m.to_string(),
-            &T.to_string(),
-            &P.to_string(),
-            &K.to_string(),
-            "3",
-        ])
+        .args([script, &d.to_string(), &m.to_string(), &T.to_string(), &P.to_string(), &K.to_string(), "3"])
         .output()
         .ok()?;
-    Some(
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-            + &String::from_utf8_lossy(&out.stderr),
-    )
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr))
 }
 
 struct Row {
@@ -135,26 +120,14 @@ fn bench_size(c: &mut Criterion, d: usize, m: usize, rate: f64, bw: f64) -> Row 
     let x = fill(T * d, 12, 2.0);
     let view = KeysView::f32(&keys, m, d, d).expect("shape");
     let gates = init_gates(&view, &layout).expect("gates");
-    let inputs = RouteInputs {
-        x: Rows::new(&x, T, d).expect("x"),
-        keys: view,
-        gates: GateSource::Gates(Rows::new(&gates, n, d).expect("gates")),
-    };
-    let cfg = RouteConfig {
-        finite_check: FiniteCheck::Scored,
-        ..RouteConfig::new(P, K)
-    };
-    let dcfg = DenseConfig {
-        top_k: K,
-        scoring: Scoring::Plain,
-    };
+    let inputs = RouteInputs { x: Rows::new(&x, T, d).expect("x"), keys: view, gates: GateSource::Gates(Rows::new(&gates, n, d).expect("gates")) };
+    let cfg = RouteConfig { finite_check: FiniteCheck::Scored, ..RouteConfig::new(P, K) };
+    let dcfg = DenseConfig { top_k: K, scoring: Scoring::Plain };
     let mut scratch = RouteScratch::default();
     let mut out = Routing::default();
     let mut group = c.benchmark_group(format!("route_d{d}_m{m}"));
     let big = m * d >= 1 << 26;
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(if big { 1 } else { 500 }));
+    group.sample_size(10).warm_up_time(Duration::from_millis(if big { 1 } else { 500 }));
     group.measurement_time(Duration::from_secs(if big { 1 } else { 3 }));
     let mut ke_best = f64::INFINITY;
     group.bench_function("key_experts", |b| {
@@ -182,17 +155,12 @@ fn bench_size(c: &mut Criterion, d: usize, m: usize, rate: f64, bw: f64) -> Row 
         })
     });
     group.finish();
-    let probed: std::collections::BTreeSet<u32> =
-        (0..T).flat_map(|t| out.token_experts(t).to_vec()).collect();
+    let probed: std::collections::BTreeSet<u32> = (0..T).flat_map(|t| out.token_experts(t).to_vec()).collect();
     let ke_flops = 2.0 * (T * d * (n + P * pm)) as f64;
     let ke_bytes = 4.0 * ((probed.len() * pm + n) * d) as f64;
     let dense_flops = 2.0 * (T * d * m) as f64;
     let dense_bytes = 4.0 * (m * d) as f64;
-    let torch = if m == 65536 {
-        torch_peer(d, m).unwrap_or_else(|| "torch run failed".into())
-    } else {
-        "-".into()
-    };
+    let torch = if m == 65536 { torch_peer(d, m).unwrap_or_else(|| "torch run failed".into()) } else { "-".into() };
     Row {
         d,
         m,
@@ -208,35 +176,19 @@ fn bench_size(c: &mut Criterion, d: usize, m: usize, rate: f64, bw: f64) -> Row 
 }
 
 fn routing(c: &mut Criterion) {
-    let max_gib: f64 = std::env::var("MEFT_BENCH_MAX_GIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6.0);
+    let max_gib: f64 = std::env::var("MEFT_BENCH_MAX_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(6.0);
     let small = std::env::var("MEFT_BENCH_SIZES").is_ok_and(|v| v == "small");
-    println!(
-        "kernel: {}, rayon threads: {}",
-        kernel_name(),
-        rayon::current_num_threads()
-    );
+    println!("kernel: {}, rayon threads: {}", kernel_name(), rayon::current_num_threads());
     let rate = gemm_rate();
     let bw = bandwidth();
-    println!(
-        "measured f32 GEMM rate (gemm crate, 512x4096x4096): {:.1} GFLOP/s",
-        rate / 1e9
-    );
-    println!(
-        "measured read bandwidth (parallel sum over 1 GiB): {:.1} GB/s",
-        bw / 1e9
-    );
+    println!("measured f32 GEMM rate (gemm crate, 512x4096x4096): {:.1} GFLOP/s", rate / 1e9);
+    println!("measured read bandwidth (parallel sum over 1 GiB): {:.1} GB/s", bw / 1e9);
     let mut rows = Vec::new();
     for d in [576, 4096] {
         for m in [4096, 16384, 65536, 262144] {
             let gib = (m * d * 4) as f64 / (1u64 << 30) as f64;
             if gib > max_gib || (small && m > 65536) {
-                println!(
-                    "skip d={d} M={m}: keys {gib:.1} GiB (limit {max_gib} GiB, MEFT_BENCH_SIZES={})",
-                    if small { "small" } else { "all" }
-                );
+                println!("skip d={d} M={m}: keys {gib:.1} GiB (limit {max_gib} GiB, MEFT_BENCH_SIZES={})", if small { "small" } else { "all" });
                 continue;
             }
             rows.push(bench_size(c, d, m, rate, bw));

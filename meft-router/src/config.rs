@@ -58,13 +58,7 @@ pub struct RouteConfig {
 impl RouteConfig {
     /// `top_p` and `top_k` with the defaults for the rest (gated, unlimited, full check).
     pub fn new(top_p: usize, top_k: usize) -> Self {
-        Self {
-            top_p,
-            top_k,
-            scoring: Scoring::default(),
-            capacity: Capacity::default(),
-            finite_check: FiniteCheck::default(),
-        }
+        Self { top_p, top_k, scoring: Scoring::default(), capacity: Capacity::default(), finite_check: FiniteCheck::default() }
     }
 
     /// Neurons each token keeps under `layout`: min(K, P·m).
@@ -81,10 +75,7 @@ impl RouteConfig {
             return Err(RouteError::ZeroTopP);
         }
         if self.top_p > layout.experts() {
-            return Err(RouteError::TooManyProbes {
-                top_p: self.top_p,
-                experts: layout.experts(),
-            });
+            return Err(RouteError::TooManyProbes { top_p: self.top_p, experts: layout.experts() });
         }
         if self.capacity == Capacity::Rows(0) {
             return Err(RouteError::ZeroCapacity);

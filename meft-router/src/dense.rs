@@ -46,11 +46,7 @@ struct Partial {
 /// assert_eq!(top.token_scores(0), &[3.0, 2.0]);
 /// # Ok::<(), RouteError>(())
 /// ```
-pub fn dense_top_k(
-    inputs: &RouteInputs<'_>,
-    layout: &ExpertLayout,
-    cfg: &DenseConfig,
-) -> Result<TopK> {
+pub fn dense_top_k(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &DenseConfig) -> Result<TopK> {
     let width = dense_width(cfg, layout)?;
     let shape = check_inputs(inputs, layout, cfg.scoring == Scoring::Gated)?;
     let mut gbuf = Vec::new();
@@ -61,13 +57,8 @@ pub fn dense_top_k(
     let (t, mtot, n) = (shape.tokens, layout.neurons(), layout.experts());
     let block = (TOKEN_BLOCK_BYTES / (4 * shape.dim.max(1))).clamp(4, t.max(4)) / 4 * 4;
     let tokens: Vec<u32> = (0..t as u32).collect();
-    let new_partial = || Partial {
-        ids: vec![0; t * width],
-        scores: vec![0.0; t * width],
-        lens: vec![0; t],
-        buf: vec![0.0; block.min(t) * KEY_CHUNK],
-        err: None,
-    };
+    let new_partial =
+        || Partial { ids: vec![0; t * width], scores: vec![0.0; t * width], lens: vec![0; t], buf: vec![0.0; block.min(t) * KEY_CHUNK], err: None };
     let chunks = mtot.div_ceil(KEY_CHUNK);
     let result = (0..chunks)
         .into_par_iter()
@@ -76,18 +67,7 @@ pub fn dense_top_k(
                 let b0 = c * KEY_CHUNK;
                 let nb = KEY_CHUNK.min(mtot - b0);
                 for toks in tokens.chunks(block) {
-                    if let Err(e) = score_chunk(
-                        inputs,
-                        layout,
-                        cfg.scoring,
-                        g,
-                        n,
-                        toks,
-                        b0,
-                        nb,
-                        width,
-                        &mut st,
-                    ) {
+                    if let Err(e) = score_chunk(inputs, layout, cfg.scoring, g, n, toks, b0, nb, width, &mut st) {
                         st.err = Some(e);
                         break;
                     }
@@ -99,12 +79,7 @@ pub fn dense_top_k(
     if let Some(e) = result.err {
         return Err(e);
     }
-    Ok(TopK {
-        tokens: t,
-        width,
-        ids: result.ids,
-        scores: result.scores,
-    })
+    Ok(TopK { tokens: t, width, ids: result.ids, scores: result.scores })
 }
 
 /// Scores `toks` against keys `b0..b0+nb` and folds them into the running top-K.
@@ -121,15 +96,7 @@ fn score_chunk(
     width: usize,
     st: &mut Partial,
 ) -> Result<()> {
-    score_block(
-        inputs.x.as_slice(),
-        toks,
-        &inputs.keys,
-        b0,
-        nb,
-        &mut st.buf,
-        KEY_CHUNK,
-    );
+    score_block(inputs.x.as_slice(), toks, &inputs.keys, b0, nb, &mut st.buf, KEY_CHUNK);
     let m = layout.per_expert();
     for (r, &tok) in toks.iter().enumerate() {
         let t = tok as usize;
@@ -164,11 +131,7 @@ fn merge(mut a: Partial, b: Partial, width: usize) -> Partial {
     }
     for t in 0..a.lens.len() {
         let rows = t * width..(t + 1) * width;
-        let mut row = TopKRow::resume(
-            &mut a.ids[rows.clone()],
-            &mut a.scores[rows.clone()],
-            a.lens[t],
-        );
+        let mut row = TopKRow::resume(&mut a.ids[rows.clone()], &mut a.scores[rows.clone()], a.lens[t]);
         for j in 0..b.lens[t] {
             row.push(b.ids[rows.start + j], b.scores[rows.start + j]);
         }

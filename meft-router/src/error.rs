@@ -35,9 +35,7 @@ pub enum RouteError {
     #[error("route config: top_p = 0 probes no expert; set top_p to at least 1 (MEFT default 8)")]
     ZeroTopP,
     /// More experts probed than exist.
-    #[error(
-        "route config: top_p = {top_p} exceeds the {experts} experts of the layout; use top_p <= {experts}"
-    )]
+    #[error("route config: top_p = {top_p} exceeds the {experts} experts of the layout; use top_p <= {experts}")]
     TooManyProbes {
         /// Requested experts per token.
         top_p: usize,
@@ -45,14 +43,10 @@ pub enum RouteError {
         experts: usize,
     },
     /// A device capacity of zero rows.
-    #[error(
-        "route config: capacity 0 rows can hold no neuron; use Capacity::Unlimited or at least 1 row"
-    )]
+    #[error("route config: capacity 0 rows can hold no neuron; use Capacity::Unlimited or at least 1 row")]
     ZeroCapacity,
     /// A layout with no neurons or no experts.
-    #[error(
-        "expert layout: M = {neurons} neurons and N = {experts} experts must both be at least 1"
-    )]
+    #[error("expert layout: M = {neurons} neurons and N = {experts} experts must both be at least 1")]
     EmptyLayout {
         /// Neurons M.
         neurons: usize,
@@ -60,17 +54,13 @@ pub enum RouteError {
         experts: usize,
     },
     /// The expert factor was not a positive finite number.
-    #[error(
-        "expert layout: expert factor {factor} must be finite and > 0 (default 0.25 gives N = 4·√M)"
-    )]
+    #[error("expert layout: expert factor {factor} must be finite and > 0 (default 0.25 gives N = 4·√M)")]
     BadExpertFactor {
         /// The rejected factor.
         factor: f64,
     },
     /// N does not divide M.
-    #[error(
-        "expert layout: N = {experts} experts do not divide M = {neurons} neurons; nearest valid M: {below:?} below, {above:?} above"
-    )]
+    #[error("expert layout: N = {experts} experts do not divide M = {neurons} neurons; nearest valid M: {below:?} below, {above:?} above")]
     ExpertsDoNotDivide {
         /// Neurons M.
         neurons: usize,
@@ -82,9 +72,7 @@ pub enum RouteError {
         above: Option<usize>,
     },
     /// A matrix has the wrong number of columns.
-    #[error(
-        "{what}: expected {expected} columns, got {got}; all of x, keys and gates must share d (gate scores: N)"
-    )]
+    #[error("{what}: expected {expected} columns, got {got}; all of x, keys and gates must share d (gate scores: N)")]
     DimMismatch {
         /// The matrix.
         what: Operand,
@@ -104,9 +92,7 @@ pub enum RouteError {
         got: usize,
     },
     /// A buffer is too short for the shape claimed.
-    #[error(
-        "{what}: {rows} rows of {cols} columns with row stride {stride} need {need} elements, the buffer has {got}"
-    )]
+    #[error("{what}: {rows} rows of {cols} columns with row stride {stride} need {need} elements, the buffer has {got}")]
     BufferTooShort {
         /// The matrix.
         what: Operand,
@@ -122,9 +108,7 @@ pub enum RouteError {
         got: usize,
     },
     /// A row stride shorter than a row.
-    #[error(
-        "{what}: row stride {stride} is shorter than the row length {cols}; bundled [k|v] rows use stride 2·d"
-    )]
+    #[error("{what}: row stride {stride} is shorter than the row length {cols}; bundled [k|v] rows use stride 2·d")]
     StrideTooShort {
         /// The matrix.
         what: Operand,
@@ -134,9 +118,7 @@ pub enum RouteError {
         cols: usize,
     },
     /// A NaN or infinity in an input.
-    #[error(
-        "{what}: non-finite value {value} at row {row}, column {col}; check the producer of this tensor"
-    )]
+    #[error("{what}: non-finite value {value} at row {row}, column {col}; check the producer of this tensor")]
     NonFinite {
         /// The matrix.
         what: Operand,
@@ -148,9 +130,7 @@ pub enum RouteError {
         value: f32,
     },
     /// Finite inputs whose score overflowed f32.
-    #[error(
-        "score of token {token} against {what} row {row} overflowed to {value}; inputs are finite but too large"
-    )]
+    #[error("score of token {token} against {what} row {row} overflowed to {value}; inputs are finite but too large")]
     ScoreOverflow {
         /// Token row of x.
         token: usize,

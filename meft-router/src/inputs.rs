@@ -46,30 +46,15 @@ impl<'a> Rows<'a> {
     }
 
     pub(crate) fn check_finite(&self, what: Operand) -> Result<()> {
-        first_non_finite(self.as_slice(), self.cols).map_or(Ok(()), |(row, col, value)| {
-            Err(RouteError::NonFinite {
-                what,
-                row,
-                col,
-                value,
-            })
-        })
+        first_non_finite(self.as_slice(), self.cols).map_or(Ok(()), |(row, col, value)| Err(RouteError::NonFinite { what, row, col, value }))
     }
 
     pub(crate) fn expect(&self, what: Operand, rows: usize, cols: usize) -> Result<()> {
         if self.cols != cols {
-            return Err(RouteError::DimMismatch {
-                what,
-                expected: cols,
-                got: self.cols,
-            });
+            return Err(RouteError::DimMismatch { what, expected: cols, got: self.cols });
         }
         if self.rows != rows {
-            return Err(RouteError::RowsMismatch {
-                what,
-                expected: rows,
-                got: self.rows,
-            });
+            return Err(RouteError::RowsMismatch { what, expected: rows, got: self.rows });
         }
         Ok(())
     }
@@ -118,27 +103,12 @@ impl<'a> KeysView<'a> {
         Self::checked(KeyElems::Bf16(data), data.len(), rows, dim, stride)
     }
 
-    fn checked(
-        elems: KeyElems<'a>,
-        len: usize,
-        rows: usize,
-        dim: usize,
-        stride: usize,
-    ) -> Result<Self> {
+    fn checked(elems: KeyElems<'a>, len: usize, rows: usize, dim: usize, stride: usize) -> Result<Self> {
         if stride < dim {
-            return Err(RouteError::StrideTooShort {
-                what: Operand::Keys,
-                stride,
-                cols: dim,
-            });
+            return Err(RouteError::StrideTooShort { what: Operand::Keys, stride, cols: dim });
         }
         check_len(Operand::Keys, len, rows, dim, stride)?;
-        Ok(Self {
-            elems,
-            rows,
-            dim,
-            stride,
-        })
+        Ok(Self { elems, rows, dim, stride })
     }
 
     /// Rows (neurons) M.
@@ -184,31 +154,20 @@ impl<'a> KeysView<'a> {
 
     pub(crate) fn expect_rows(&self, rows: usize) -> Result<()> {
         if self.rows != rows {
-            return Err(RouteError::RowsMismatch {
-                what: Operand::Keys,
-                expected: rows,
-                got: self.rows,
-            });
+            return Err(RouteError::RowsMismatch { what: Operand::Keys, expected: rows, got: self.rows });
         }
         Ok(())
     }
 
     /// The first non-finite element of row `i`, if any.
     pub(crate) fn row_non_finite(&self, i: usize) -> Option<(usize, f32)> {
-        (0..self.dim)
-            .map(|j| (j, self.at(i, j)))
-            .find(|(_, v)| !v.is_finite())
+        (0..self.dim).map(|j| (j, self.at(i, j))).find(|(_, v)| !v.is_finite())
     }
 
     pub(crate) fn check_rows_finite(&self, rows: std::ops::Range<usize>) -> Result<()> {
         for i in rows {
             if let Some((col, value)) = self.row_non_finite(i) {
-                return Err(RouteError::NonFinite {
-                    what: Operand::Keys,
-                    row: i,
-                    col,
-                    value,
-                });
+                return Err(RouteError::NonFinite { what: Operand::Keys, row: i, col, value });
             }
         }
         Ok(())
@@ -236,20 +195,9 @@ pub struct RouteInputs<'a> {
 }
 
 fn check_len(what: Operand, got: usize, rows: usize, cols: usize, stride: usize) -> Result<()> {
-    let need = if rows == 0 {
-        0
-    } else {
-        (rows - 1) * stride + cols
-    };
+    let need = if rows == 0 { 0 } else { (rows - 1) * stride + cols };
     if got < need {
-        return Err(RouteError::BufferTooShort {
-            what,
-            rows,
-            cols,
-            stride,
-            need,
-            got,
-        });
+        return Err(RouteError::BufferTooShort { what, rows, cols, stride, need, got });
     }
     Ok(())
 }

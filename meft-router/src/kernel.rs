@@ -23,11 +23,7 @@ pub(crate) fn dot_slow(x: &[f32], keys: &KeysView<'_>, i: usize) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let padded = x.len().div_ceil(LANES) * LANES;
     for j in 0..padded {
-        let (a, b) = if j < x.len() {
-            (x[j], keys.at(i, j))
-        } else {
-            (0.0, 0.0)
-        };
+        let (a, b) = if j < x.len() { (x[j], keys.at(i, j)) } else { (0.0, 0.0) };
         lanes[j % LANES] = a.mul_add(b, lanes[j % LANES]);
     }
     reduce_lanes(lanes)
@@ -45,19 +41,8 @@ fn reduce_lanes(l: [f32; LANES]) -> f32 {
 
 /// Scores `out[r·out_stride + c] = dot(x[tokens[r]], key b0 + c)` for every listed token and the
 /// `nb` keys starting at `b0`. `x` is T×d row-major with d = `keys.dim()`.
-pub(crate) fn score_block(
-    x: &[f32],
-    tokens: &[u32],
-    keys: &KeysView<'_>,
-    b0: usize,
-    nb: usize,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    assert!(
-        nb <= out_stride || tokens.len() <= 1,
-        "score_block: out_stride < nb"
-    );
+pub(crate) fn score_block(x: &[f32], tokens: &[u32], keys: &KeysView<'_>, b0: usize, nb: usize, out: &mut [f32], out_stride: usize) {
+    assert!(nb <= out_stride || tokens.len() <= 1, "score_block: out_stride < nb");
     assert!(tokens.is_empty() || out.len() >= (tokens.len() - 1) * out_stride + nb);
     assert!(b0 + nb <= keys.rows());
     let d = keys.dim();
@@ -88,13 +73,7 @@ pub(crate) fn score_block(
 /// at most `keys_per_tile` key columns (`n` of them from column `c0`) and every group of at most
 /// `tokens_per_tile` listed tokens (`rows`, from row `r0`), calls `tile(c0, n, r0, rows)`.
 #[cfg(target_arch = "x86_64")]
-fn for_each_tile(
-    nb: usize,
-    tokens: &[u32],
-    keys_per_tile: usize,
-    tokens_per_tile: usize,
-    mut tile: impl FnMut(usize, usize, usize, &[u32]),
-) {
+fn for_each_tile(nb: usize, tokens: &[u32], keys_per_tile: usize, tokens_per_tile: usize, mut tile: impl FnMut(usize, usize, usize, &[u32])) {
     let mut c0 = 0;
     while c0 < nb {
         let n = (nb - c0).min(keys_per_tile);
@@ -197,14 +176,7 @@ mod simd {
     /// AVX-512F/BW present; every pointer valid for `d` elements; `out` valid for the written
     /// `TA × nb` entries at stride `os`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn tile<const TA: usize, K: KeyLoad>(
-        xp: [*const f32; TA],
-        kp: [*const K; TILE_KEYS],
-        d: usize,
-        nb: usize,
-        out: *mut f32,
-        os: usize,
-    ) {
+    unsafe fn tile<const TA: usize, K: KeyLoad>(xp: [*const f32; TA], kp: [*const K; TILE_KEYS], d: usize, nb: usize, out: *mut f32, os: usize) {
         let mut acc = [[_mm512_setzero_ps(); TILE_KEYS]; TA];
         let full = d / 16;
         let step = |acc: &mut [[__m512; TILE_KEYS]; TA], j: usize, mask: __mmask16| {
@@ -238,24 +210,12 @@ mod simd {
 
     /// # Safety
     /// AVX-512F/BW present; the arguments satisfy the checks of [`super::score_block`].
-    pub(super) unsafe fn score_block(
-        x: &[f32],
-        tokens: &[u32],
-        keys: &KeysView<'_>,
-        b0: usize,
-        nb: usize,
-        out: &mut [f32],
-        os: usize,
-    ) {
+    pub(super) unsafe fn score_block(x: &[f32], tokens: &[u32], keys: &KeysView<'_>, b0: usize, nb: usize, out: &mut [f32], os: usize) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match keys.elems() {
-                KeyElems::F32(k) => {
-                    blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os)
-                }
-                KeyElems::Bf16(k) => {
-                    blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os)
-                }
+                KeyElems::F32(k) => blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os),
+                KeyElems::Bf16(k) => blocks(x, tokens, k, keys.stride(), keys.dim(), b0, nb, out, os),
             }
         }
     }
@@ -264,17 +224,7 @@ mod simd {
     /// As [`score_block`].
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn blocks<K: KeyLoad>(
-        x: &[f32],
-        tokens: &[u32],
-        k: &[K],
-        stride: usize,
-        d: usize,
-        b0: usize,
-        nb: usize,
-        out: &mut [f32],
-        os: usize,
-    ) {
+    unsafe fn blocks<K: KeyLoad>(x: &[f32], tokens: &[u32], k: &[K], stride: usize, d: usize, b0: usize, nb: usize, out: &mut [f32], os: usize) {
         let xrow = |t: u32| x.as_ptr().wrapping_add(t as usize * d);
         super::for_each_tile(nb, tokens, TILE_KEYS, TILE_TOKENS, |c0, n, r0, t| {
             let kp = super::tile_rows::<K, TILE_KEYS>(k, stride, b0 + c0, n);
@@ -282,14 +232,7 @@ mod simd {
             // SAFETY: rows and output entries are in bounds (see score_block's checks).
             unsafe {
                 match t.len() {
-                    4 => tile::<4, K>(
-                        [xrow(t[0]), xrow(t[1]), xrow(t[2]), xrow(t[3])],
-                        kp,
-                        d,
-                        n,
-                        o,
-                        os,
-                    ),
+                    4 => tile::<4, K>([xrow(t[0]), xrow(t[1]), xrow(t[2]), xrow(t[3])], kp, d, n, o, os),
                     3 => tile::<3, K>([xrow(t[0]), xrow(t[1]), xrow(t[2])], kp, d, n, o, os),
                     2 => tile::<2, K>([xrow(t[0]), xrow(t[1])], kp, d, n, o, os),
                     _ => tile::<1, K>([xrow(t[0])], kp, d, n, o, os),
@@ -322,33 +265,18 @@ mod tests {
     /// Checks `kernel` against `dot_slow`, bit for bit, on f32 and bf16 keys of several shapes
     /// (tails shorter than 16, strides above d, d = 0, the model's d = 576).
     fn assert_bitwise_canonical(kernel: &Kernel) {
-        for &(t, m, d, stride) in &[
-            (7, 13, 37, 40),
-            (4, 6, 16, 16),
-            (9, 20, 100, 200),
-            (3, 8, 576, 576),
-            (1, 1, 3, 3),
-            (5, 7, 0, 0),
-        ] {
+        for &(t, m, d, stride) in &[(7, 13, 37, 40), (4, 6, 16, 16), (9, 20, 100, 200), (3, 8, 576, 576), (1, 1, 3, 3), (5, 7, 0, 0)] {
             let x = data(t * d, 1);
             let kd = data(m * stride.max(1), 2);
             let kb: Vec<bf16> = kd.iter().map(|&v| bf16::from_f32(v)).collect();
             let tokens: Vec<u32> = (0..t as u32).rev().collect();
-            for keys in [
-                KeysView::f32(&kd, m, d, stride).unwrap(),
-                KeysView::bf16(&kb, m, d, stride).unwrap(),
-            ] {
+            for keys in [KeysView::f32(&kd, m, d, stride).unwrap(), KeysView::bf16(&kb, m, d, stride).unwrap()] {
                 let mut out = vec![f32::NAN; t * (m + 2)];
                 kernel(&x, &tokens, &keys, 1, m - 1, &mut out, m + 2);
                 for (r, &tok) in tokens.iter().enumerate() {
                     for c in 0..m - 1 {
-                        let want =
-                            dot_slow(&x[tok as usize * d..(tok as usize + 1) * d], &keys, 1 + c);
-                        assert_eq!(
-                            out[r * (m + 2) + c].to_bits(),
-                            want.to_bits(),
-                            "t{r} c{c} d{d}"
-                        );
+                        let want = dot_slow(&x[tok as usize * d..(tok as usize + 1) * d], &keys, 1 + c);
+                        assert_eq!(out[r * (m + 2) + c].to_bits(), want.to_bits(), "t{r} c{c} d{d}");
                     }
                 }
             }
@@ -365,9 +293,7 @@ mod tests {
             return;
         }
         // SAFETY: AVX2 and FMA are present; the shapes keep the bounds of `score_block`.
-        assert_bitwise_canonical(&|x, t, k, b0, nb, out, os| unsafe {
-            avx2::score_block(x, t, k, b0, nb, out, os)
-        });
+        assert_bitwise_canonical(&|x, t, k, b0, nb, out, os| unsafe { avx2::score_block(x, t, k, b0, nb, out, os) });
     }
 
     #[test]

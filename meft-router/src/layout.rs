@@ -39,18 +39,9 @@ impl ExpertLayout {
         }
         if !neurons.is_multiple_of(experts) {
             let below = (neurons / experts) * experts;
-            return Err(RouteError::ExpertsDoNotDivide {
-                neurons,
-                experts,
-                below: (below > 0).then_some(below),
-                above: Some(below + experts),
-            });
+            return Err(RouteError::ExpertsDoNotDivide { neurons, experts, below: (below > 0).then_some(below), above: Some(below + experts) });
         }
-        Ok(Self {
-            neurons,
-            experts,
-            per_expert: neurons / experts,
-        })
+        Ok(Self { neurons, experts, per_expert: neurons / experts })
     }
 
     /// A layout from an expert factor: N = round(√M / factor). Errors when that N does not divide M,
@@ -64,11 +55,7 @@ impl ExpertLayout {
             return Err(RouteError::EmptyLayout { neurons, experts });
         }
         if neurons.is_multiple_of(experts) {
-            return Ok(Self {
-                neurons,
-                experts,
-                per_expert: neurons / experts,
-            });
+            return Ok(Self { neurons, experts, per_expert: neurons / experts });
         }
         let valid = |m: usize| {
             let n = experts_for(m, factor);
@@ -76,12 +63,7 @@ impl ExpertLayout {
         };
         let below = (1..neurons).rev().find(|&m| valid(m));
         let above = (neurons + 1..).find(|&m| valid(m));
-        Err(RouteError::ExpertsDoNotDivide {
-            neurons,
-            experts,
-            below,
-            above,
-        })
+        Err(RouteError::ExpertsDoNotDivide { neurons, experts, below, above })
     }
 
     /// The default layout: expert factor 0.25 (N = 4·√M).
@@ -162,13 +144,7 @@ mod tests {
 
     #[test]
     fn factor_rule_matches_paper_sizes() {
-        for (m, n) in [
-            (4096, 256),
-            (16384, 512),
-            (65536, 1024),
-            (262144, 2048),
-            (6400, 320),
-        ] {
+        for (m, n) in [(4096, 256), (16384, 512), (65536, 1024), (262144, 2048), (6400, 320)] {
             assert_eq!(ExpertLayout::with_default_factor(m).unwrap().experts(), n);
         }
     }
@@ -176,27 +152,14 @@ mod tests {
     #[test]
     fn invalid_sizes_list_valid_neighbours() {
         let err = ExpertLayout::with_default_factor(6144).unwrap_err();
-        let RouteError::ExpertsDoNotDivide {
-            below: Some(b),
-            above: Some(a),
-            ..
-        } = err
-        else {
+        let RouteError::ExpertsDoNotDivide { below: Some(b), above: Some(a), .. } = err else {
             panic!("unexpected {err:?}");
         };
         assert!(b < 6144 && a > 6144);
         assert!(ExpertLayout::with_default_factor(b).is_ok());
         assert!(ExpertLayout::with_default_factor(a).is_ok());
         let err = ExpertLayout::new(100, 7).unwrap_err();
-        assert_eq!(
-            err,
-            RouteError::ExpertsDoNotDivide {
-                neurons: 100,
-                experts: 7,
-                below: Some(98),
-                above: Some(105)
-            }
-        );
+        assert_eq!(err, RouteError::ExpertsDoNotDivide { neurons: 100, experts: 7, below: Some(98), above: Some(105) });
         assert!(ExpertLayout::new(0, 1).is_err());
         assert!(ExpertLayout::from_factor(64, f64::NAN).is_err());
     }

@@ -172,11 +172,7 @@ pub fn recall_at_k(routing: &Routing, dense: &TopK) -> f64 {
         mine.clear();
         mine.extend_from_slice(routing.token_ids(t));
         mine.sort_unstable();
-        found += dense
-            .token_ids(t)
-            .iter()
-            .filter(|id| mine.binary_search(id).is_ok())
-            .count();
+        found += dense.token_ids(t).iter().filter(|id| mine.binary_search(id).is_ok()).count();
     }
     found as f64 / total as f64
 }

@@ -36,20 +36,12 @@ pub(crate) struct Shape {
 }
 
 /// Shape and finiteness checks shared by every path (keys are checked later, see [`FiniteCheck`]).
-pub(crate) fn check_inputs(
-    inputs: &RouteInputs<'_>,
-    layout: &ExpertLayout,
-    gates_used: bool,
-) -> Result<Shape> {
+pub(crate) fn check_inputs(inputs: &RouteInputs<'_>, layout: &ExpertLayout, gates_used: bool) -> Result<Shape> {
     let dim = inputs.keys.dim();
     let tokens = inputs.x.rows();
     inputs.keys.expect_rows(layout.neurons())?;
     if inputs.x.cols() != dim {
-        return Err(RouteError::DimMismatch {
-            what: Operand::X,
-            expected: dim,
-            got: inputs.x.cols(),
-        });
+        return Err(RouteError::DimMismatch { what: Operand::X, expected: dim, got: inputs.x.cols() });
     }
     if gates_used {
         match inputs.gates {
@@ -68,10 +60,7 @@ pub(crate) fn check_inputs(
 }
 
 /// The T×N gate scores: borrowed when precomputed, else computed into `buf`.
-pub(crate) fn gate_scores<'b>(
-    inputs: &RouteInputs<'b>,
-    buf: &'b mut Vec<f32>,
-) -> Result<&'b [f32]> {
+pub(crate) fn gate_scores<'b>(inputs: &RouteInputs<'b>, buf: &'b mut Vec<f32>) -> Result<&'b [f32]> {
     let gates = match inputs.gates {
         GateSource::Scores(s) => return Ok(s.as_slice()),
         GateSource::Gates(g) => g,
@@ -81,21 +70,14 @@ pub(crate) fn gate_scores<'b>(
     buf.resize(t * n, 0.0);
     let gview = KeysView::f32(gates.as_slice(), n, d, d)?;
     let x = inputs.x.as_slice();
-    buf.par_chunks_mut(GATE_TOKEN_BLOCK * n.max(1))
-        .enumerate()
-        .for_each(|(blk, out)| {
-            let t0 = blk * GATE_TOKEN_BLOCK;
-            let toks: Vec<u32> = (t0 as u32..(t0 + out.len() / n.max(1)) as u32).collect();
-            score_block(x, &toks, &gview, 0, n, out, n);
-        });
+    buf.par_chunks_mut(GATE_TOKEN_BLOCK * n.max(1)).enumerate().for_each(|(blk, out)| {
+        let t0 = blk * GATE_TOKEN_BLOCK;
+        let toks: Vec<u32> = (t0 as u32..(t0 + out.len() / n.max(1)) as u32).collect();
+        score_block(x, &toks, &gview, 0, n, out, n);
+    });
     if let Some(pos) = buf.iter().position(|v| !v.is_finite()) {
         let (token, row) = (pos / n, pos % n);
-        return Err(RouteError::ScoreOverflow {
-            token,
-            row,
-            what: Operand::Gates,
-            value: buf[pos],
-        });
+        return Err(RouteError::ScoreOverflow { token, row, what: Operand::Gates, value: buf[pos] });
     }
     Ok(buf)
 }
@@ -122,25 +104,14 @@ pub(crate) fn gate_scores<'b>(
 /// assert_eq!(r, route_slow(&inputs, &layout, &cfg)?);
 /// # Ok::<(), RouteError>(())
 /// ```
-pub fn route(
-    inputs: &RouteInputs<'_>,
-    layout: &ExpertLayout,
-    cfg: &RouteConfig,
-    scratch: &mut RouteScratch,
-) -> Result<Routing> {
+pub fn route(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &RouteConfig, scratch: &mut RouteScratch) -> Result<Routing> {
     let mut out = Routing::default();
     route_into(inputs, layout, cfg, scratch, &mut out)?;
     Ok(out)
 }
 
 /// [`route`] writing into an existing [`Routing`] (its buffers are reused).
-pub fn route_into(
-    inputs: &RouteInputs<'_>,
-    layout: &ExpertLayout,
-    cfg: &RouteConfig,
-    scratch: &mut RouteScratch,
-    out: &mut Routing,
-) -> Result<()> {
+pub fn route_into(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &RouteConfig, scratch: &mut RouteScratch, out: &mut Routing) -> Result<()> {
     cfg.validate(layout)?;
     let shape = check_inputs(inputs, layout, true)?;
     let (t, p, width) = (shape.tokens, cfg.top_p, cfg.width(layout));
@@ -168,15 +139,7 @@ pub fn route_into(
     out.tokens = t;
     out.top_p = p;
     out.width = width;
-    let mut stats = build_union(
-        &out.ids,
-        &out.scores,
-        layout.neurons(),
-        cfg.capacity,
-        &mut scratch.union,
-        &mut out.union,
-        &mut out.slots,
-    );
+    let mut stats = build_union(&out.ids, &out.scores, layout.neurons(), cfg.capacity, &mut scratch.union, &mut out.union, &mut out.slots);
     stats.tokens = t;
     out.stats = stats;
     Ok(())
@@ -185,16 +148,12 @@ pub fn route_into(
 /// Each token's top-P experts by gate score (ties: lower expert id), best first.
 pub(crate) fn top_p_experts(g: &[f32], n: usize, p: usize, experts: &mut [u32]) {
     let mut scores = vec![0.0f32; experts.len()];
-    experts
-        .par_chunks_mut(p)
-        .zip(scores.par_chunks_mut(p))
-        .enumerate()
-        .for_each(|(t, (ids, sc))| {
-            let mut row = TopKRow::new(ids, sc);
-            for (e, &s) in g[t * n..(t + 1) * n].iter().enumerate() {
-                row.push(e as u32, s);
-            }
-        });
+    experts.par_chunks_mut(p).zip(scores.par_chunks_mut(p)).enumerate().for_each(|(t, (ids, sc))| {
+        let mut row = TopKRow::new(ids, sc);
+        for (e, &s) in g[t * n..(t + 1) * n].iter().enumerate() {
+            row.push(e as u32, s);
+        }
+    });
 }
 
 /// Scores and selects tokens `range` (one candidate buffer's worth).
@@ -208,56 +167,31 @@ fn route_batch(
     out: &mut Routing,
 ) -> Result<()> {
     let (p, m, n) = (cfg.top_p, layout.per_expert(), layout.experts());
-    group_by_expert(
-        &out.experts[range.start * p..range.end * p],
-        range.start,
-        p,
-        m,
-        n,
-        s,
-    );
+    group_by_expert(&out.experts[range.start * p..range.end * p], range.start, p, m, n, s);
     for (e, w) in s.offsets.windows(2).enumerate() {
         s.scored[e] |= w[1] > w[0];
     }
     s.cands.resize(s.members.len() * m, 0.0);
-    score_experts(
-        inputs.x,
-        &inputs.keys,
-        layout,
-        &s.offsets,
-        &s.members,
-        &mut s.cands,
-    );
+    score_experts(inputs.x, &inputs.keys, layout, &s.offsets, &s.members, &mut s.cands);
     let width = cfg.width(layout);
     let rows = range.start * width..range.end * width;
     let (cands, cand_pos, experts) = (&s.cands, &s.cand_pos, &out.experts);
-    out.ids[rows.clone()]
-        .par_chunks_mut(width)
-        .zip(out.scores[rows].par_chunks_mut(width))
-        .enumerate()
-        .try_for_each(|(r, (ids, sc))| {
-            let t = range.start + r;
-            let mut row = TopKRow::new(ids, sc);
-            for (q, &e) in experts[t * p..(t + 1) * p].iter().enumerate() {
-                let block = &cands[cand_pos[r * p + q]..][..m];
-                let gate = g[t * n + e as usize];
-                push_block(&mut row, block, e as usize * m, gate, cfg.scoring).map_err(|c| {
-                    bad_score(inputs, t, e as usize * m + c, block[c], gate, cfg.scoring)
-                })?;
-            }
-            Ok(())
-        })
+    out.ids[rows.clone()].par_chunks_mut(width).zip(out.scores[rows].par_chunks_mut(width)).enumerate().try_for_each(|(r, (ids, sc))| {
+        let t = range.start + r;
+        let mut row = TopKRow::new(ids, sc);
+        for (q, &e) in experts[t * p..(t + 1) * p].iter().enumerate() {
+            let block = &cands[cand_pos[r * p + q]..][..m];
+            let gate = g[t * n + e as usize];
+            push_block(&mut row, block, e as usize * m, gate, cfg.scoring)
+                .map_err(|c| bad_score(inputs, t, e as usize * m + c, block[c], gate, cfg.scoring))?;
+        }
+        Ok(())
+    })
 }
 
 /// Offers one expert block's candidates; on a non-finite score returns its column.
 #[inline]
-pub(crate) fn push_block(
-    row: &mut TopKRow<'_>,
-    block: &[f32],
-    first_id: usize,
-    gate: f32,
-    scoring: Scoring,
-) -> std::result::Result<(), usize> {
+pub(crate) fn push_block(row: &mut TopKRow<'_>, block: &[f32], first_id: usize, gate: f32, scoring: Scoring) -> std::result::Result<(), usize> {
     for (c, &dot) in block.iter().enumerate() {
         let s = match scoring {
             Scoring::Gated => dot * gate,
@@ -272,32 +206,15 @@ pub(crate) fn push_block(
 }
 
 /// The error for a non-finite candidate score: a bad key row, or an overflow of finite inputs.
-pub(crate) fn bad_score(
-    inputs: &RouteInputs<'_>,
-    token: usize,
-    neuron: usize,
-    dot: f32,
-    gate: f32,
-    scoring: Scoring,
-) -> RouteError {
+pub(crate) fn bad_score(inputs: &RouteInputs<'_>, token: usize, neuron: usize, dot: f32, gate: f32, scoring: Scoring) -> RouteError {
     if let Some((col, value)) = inputs.keys.row_non_finite(neuron) {
-        return RouteError::NonFinite {
-            what: Operand::Keys,
-            row: neuron,
-            col,
-            value,
-        };
+        return RouteError::NonFinite { what: Operand::Keys, row: neuron, col, value };
     }
     let value = match scoring {
         Scoring::Gated => dot * gate,
         Scoring::Plain => dot,
     };
-    RouteError::ScoreOverflow {
-        token,
-        row: neuron,
-        what: Operand::Keys,
-        value,
-    }
+    RouteError::ScoreOverflow { token, row: neuron, what: Operand::Keys, value }
 }
 
 /// Counting sort of the batch's (token, expert) pairs by expert: `members` lists each expert's
@@ -324,14 +241,7 @@ fn group_by_expert(experts: &[u32], t0: usize, p: usize, m: usize, n: usize, s: 
 }
 
 /// One score block per probed expert: its tokens × its own m keys, in parallel over experts.
-fn score_experts(
-    x: Rows<'_>,
-    keys: &KeysView<'_>,
-    layout: &ExpertLayout,
-    offsets: &[usize],
-    members: &[u32],
-    cands: &mut [f32],
-) {
+fn score_experts(x: Rows<'_>, keys: &KeysView<'_>, layout: &ExpertLayout, offsets: &[usize], members: &[u32], cands: &mut [f32]) {
     let m = layout.per_expert();
     let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(layout.experts());
     let mut rest = cands;
@@ -351,6 +261,5 @@ fn score_experts(
 /// With [`FiniteCheck::Full`]: scans the key rows of experts no token probed.
 fn check_unscored(keys: &KeysView<'_>, layout: &ExpertLayout, scored: &[bool]) -> Result<()> {
     let bad: Vec<usize> = (0..layout.experts()).filter(|&e| !scored[e]).collect();
-    bad.into_par_iter()
-        .try_for_each(|e| keys.check_rows_finite(layout.block(e)))
+    bad.into_par_iter().try_for_each(|e| keys.check_rows_finite(layout.block(e)))
 }

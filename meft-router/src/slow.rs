@@ -13,11 +13,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 fn order(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
-    if better(a.0, a.1, b.0, b.1) {
-        Ordering::Less
-    } else {
-        Ordering::Greater
-    }
+    if better(a.0, a.1, b.0, b.1) { Ordering::Less } else { Ordering::Greater }
 }
 
 /// Gate scores of token t, one canonical dot product per expert.
@@ -29,61 +25,32 @@ fn gate_row(inputs: &RouteInputs<'_>, t: usize, n: usize) -> Result<Vec<f32>> {
             (0..n)
                 .map(|e| {
                     let v = dot_slow(inputs.x.row(t), &view, e);
-                    if v.is_finite() {
-                        Ok(v)
-                    } else {
-                        Err(RouteError::ScoreOverflow {
-                            token: t,
-                            row: e,
-                            what: Operand::Gates,
-                            value: v,
-                        })
-                    }
+                    if v.is_finite() { Ok(v) } else { Err(RouteError::ScoreOverflow { token: t, row: e, what: Operand::Gates, value: v }) }
                 })
                 .collect()
         }
     }
 }
 
-fn candidate(
-    inputs: &RouteInputs<'_>,
-    t: usize,
-    i: usize,
-    gate: f32,
-    scoring: Scoring,
-) -> Result<(f32, u32)> {
+fn candidate(inputs: &RouteInputs<'_>, t: usize, i: usize, gate: f32, scoring: Scoring) -> Result<(f32, u32)> {
     let dot = dot_slow(inputs.x.row(t), &inputs.keys, i);
     let s = match scoring {
         Scoring::Gated => dot * gate,
         Scoring::Plain => dot,
     };
-    if s.is_finite() {
-        Ok((s, i as u32))
-    } else {
-        Err(bad_score(inputs, t, i, dot, gate, scoring))
-    }
+    if s.is_finite() { Ok((s, i as u32)) } else { Err(bad_score(inputs, t, i, dot, gate, scoring)) }
 }
 
 /// Reference Key-Experts routing: identical results to [`crate::route`], computed plainly.
-pub fn route_slow(
-    inputs: &RouteInputs<'_>,
-    layout: &ExpertLayout,
-    cfg: &RouteConfig,
-) -> Result<Routing> {
+pub fn route_slow(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &RouteConfig) -> Result<Routing> {
     cfg.validate(layout)?;
     let shape = check_inputs(inputs, layout, true)?;
     let (n, p, width) = (layout.experts(), cfg.top_p, cfg.width(layout));
-    let mut out = Routing {
-        tokens: shape.tokens,
-        top_p: p,
-        width,
-        ..Routing::default()
-    };
+    let mut out = Routing { tokens: shape.tokens, top_p: p, width, ..Routing::default() };
     let mut probed = BTreeSet::new();
     for t in 0..shape.tokens {
         let g = gate_row(inputs, t, n)?;
-        let mut experts: Vec<(f32, u32)> =
-            g.iter().enumerate().map(|(e, &s)| (s, e as u32)).collect();
+        let mut experts: Vec<(f32, u32)> = g.iter().enumerate().map(|(e, &s)| (s, e as u32)).collect();
         experts.sort_by(order);
         let mut cands = Vec::new();
         for &(gate, e) in &experts[..p] {
@@ -120,19 +87,11 @@ fn apply_union(out: &mut Routing, capacity: Capacity) {
             *sums.entry(id).or_insert(0.0) += f64::from(s.max(0.0));
         }
         let mut ranked: Vec<(f64, u32)> = sums.into_iter().map(|(id, s)| (s, id)).collect();
-        ranked.sort_by(|a, b| {
-            b.0.partial_cmp(&a.0)
-                .unwrap_or(Ordering::Equal)
-                .then(a.1.cmp(&b.1))
-        });
+        ranked.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1)));
         kept = ranked[..c].iter().map(|&(_, id)| id).collect();
     }
     out.union = kept.into_iter().collect();
-    out.slots = out
-        .ids
-        .iter()
-        .map(|id| out.union.binary_search(id).map_or(DROPPED, |s| s as u32))
-        .collect();
+    out.slots = out.ids.iter().map(|id| out.union.binary_search(id).map_or(DROPPED, |s| s as u32)).collect();
     out.stats = RouteStats {
         tokens: out.tokens,
         selections: out.ids.len(),
@@ -151,18 +110,10 @@ pub(crate) fn dense_width(cfg: &DenseConfig, layout: &ExpertLayout) -> Result<us
 }
 
 /// Reference dense top-K: every key scored, fully sorted.
-pub fn dense_top_k_slow(
-    inputs: &RouteInputs<'_>,
-    layout: &ExpertLayout,
-    cfg: &DenseConfig,
-) -> Result<TopK> {
+pub fn dense_top_k_slow(inputs: &RouteInputs<'_>, layout: &ExpertLayout, cfg: &DenseConfig) -> Result<TopK> {
     let width = dense_width(cfg, layout)?;
     let shape = check_inputs(inputs, layout, cfg.scoring == Scoring::Gated)?;
-    let mut out = TopK {
-        tokens: shape.tokens,
-        width,
-        ..TopK::default()
-    };
+    let mut out = TopK { tokens: shape.tokens, width, ..TopK::default() };
     for t in 0..shape.tokens {
         let g = match cfg.scoring {
             Scoring::Gated => gate_row(inputs, t, layout.experts())?,

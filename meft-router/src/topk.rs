@@ -17,11 +17,7 @@ impl<'a> TopKRow<'a> {
     /// An empty list writing into `ids`/`scores` (capacity = their common length).
     pub(crate) fn new(ids: &'a mut [u32], scores: &'a mut [f32]) -> Self {
         debug_assert_eq!(ids.len(), scores.len());
-        Self {
-            ids,
-            scores,
-            len: 0,
-        }
+        Self { ids, scores, len: 0 }
     }
 
     /// A list over slices that already hold `len` sorted entries.

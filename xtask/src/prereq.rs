@@ -35,45 +35,24 @@ fn workspace_needs_hdf5() -> anyhow::Result<bool> {
     if !out.status.success() {
         bail!("`cargo metadata` failed; is the workspace's Cargo.toml valid?");
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("`cargo metadata` output")?;
-    let deps = meta["packages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|p| p["dependencies"].as_array());
-    Ok(deps
-        .flatten()
-        .any(|d| d["name"].as_str().is_some_and(|n| HDF5_CRATES.contains(&n))))
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("`cargo metadata` output")?;
+    let deps = meta["packages"].as_array().into_iter().flatten().flat_map(|p| p["dependencies"].as_array());
+    Ok(deps.flatten().any(|d| d["name"].as_str().is_some_and(|n| HDF5_CRATES.contains(&n))))
 }
 
 /// Whether the HDF5 development files can be found (HDF5_DIR, pkg-config or the Debian package).
 fn hdf5_present() -> bool {
-    let quiet = |prog: &str, args: &[&str]| {
-        Command::new(prog)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let quiet =
+        |prog: &str, args: &[&str]| Command::new(prog).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     let debian_package = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", "libhdf5-dev"])
         .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
-        });
-    std::env::var_os("HDF5_DIR").is_some()
-        || quiet("pkg-config", &["--exists", "hdf5"])
-        || debian_package
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"));
+    std::env::var_os("HDF5_DIR").is_some() || quiet("pkg-config", &["--exists", "hdf5"]) || debian_package
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 const HOW: &str = "install it with `sudo apt-get install -y libhdf5-dev pkg-config` (Debian/Ubuntu), \
@@ -81,35 +60,19 @@ const HOW: &str = "install it with `sudo apt-get install -y libhdf5-dev pkg-conf
                    HDF5 installation, then run this command again";
 
 fn install_hdf5() -> anyhow::Result<()> {
-    let has_apt = Command::new("apt-get")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok();
+    let has_apt = Command::new("apt-get").arg("--version").stdout(Stdio::null()).status().is_ok();
     if !(is_root() && has_apt) {
-        bail!(
-            "the HDF5 C library (libhdf5-dev) is missing and this is not a root Debian shell; {HOW}"
-        );
+        bail!("the HDF5 C library (libhdf5-dev) is missing and this is not a root Debian shell; {HOW}");
     }
-    eprintln!(
-        "    HDF5 library missing: installing libhdf5-dev and pkg-config with apt-get (root, Debian)"
-    );
+    eprintln!("    HDF5 library missing: installing libhdf5-dev and pkg-config with apt-get (root, Debian)");
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
-        cmd.args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null());
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
         cmd
     };
     run(&mut apt(&["update"])).with_context(|| format!("apt-get update failed; {HOW}"))?;
-    run(&mut apt(&[
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "libhdf5-dev",
-        "pkg-config",
-    ]))
-    .with_context(|| format!("installing libhdf5-dev failed; {HOW}"))?;
+    run(&mut apt(&["install", "-y", "--no-install-recommends", "libhdf5-dev", "pkg-config"]))
+        .with_context(|| format!("installing libhdf5-dev failed; {HOW}"))?;
     if !hdf5_present() {
         bail!("libhdf5-dev was installed but HDF5 is still not found; {HOW}");
     }

@@ -35,9 +35,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<f64> {
     let shown = show(cmd);
     eprintln!("    $ {shown}");
     let start = Instant::now();
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{shown}`"))?;
+    let status = cmd.status().with_context(|| format!("could not start `{shown}`"))?;
     let secs = start.elapsed().as_secs_f64();
     if !status.success() {
         bail!("`{shown}` failed ({status}) after {secs:.1} s");

@@ -21,29 +21,20 @@ pub fn test() -> anyhow::Result<()> {
         Ok(_) => None,
         Err(e) => {
             let reason = format!("asset fetch failed: {e:#}");
-            loud(&format!(
-                "ASSETS UNAVAILABLE: tests that need the real SmolLM2 model or datasets will SKIP.\n!! {}",
-                reason.replace('\n', "\n!! ")
-            ));
+            loud(&format!("ASSETS UNAVAILABLE: tests that need the real SmolLM2 model or datasets will SKIP.\n!! {}", reason.replace('\n', "\n!! ")));
             Some(reason)
         }
     };
     step("running the whole test suite (cargo test --workspace --release)");
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--release"])
-        .env("RAYON_NUM_THREADS", RAYON_THREADS);
+    cmd.args(["test", "--workspace", "--release"]).env("RAYON_NUM_THREADS", RAYON_THREADS);
     if let Some(reason) = &offline {
-        cmd.env(
-            meft_assets::OFFLINE_VAR,
-            reason.lines().next().unwrap_or("asset fetch failed"),
-        );
+        cmd.env(meft_assets::OFFLINE_VAR, reason.lines().next().unwrap_or("asset fetch failed"));
     }
     let secs = run(&mut cmd)?;
     eprintln!("\n    test suite passed in {secs:.0} s");
     if offline.is_some() {
-        loud(
-            "tests passed, but real-asset tests were SKIPPED because the asset fetch failed (see above)",
-        );
+        loud("tests passed, but real-asset tests were SKIPPED because the asset fetch failed (see above)");
     }
     Ok(())
 }
@@ -51,18 +42,7 @@ pub fn test() -> anyhow::Result<()> {
 /// The `meft` CLI, built in release mode, with `args`.
 fn meft(args: &[&str]) -> Command {
     let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "-p",
-        "experiments",
-        "--release",
-        "--bin",
-        "meft",
-        "--",
-    ])
-    .args(args)
-    .env("RAYON_NUM_THREADS", RAYON_THREADS);
+    cmd.args(["run", "--quiet", "-p", "experiments", "--release", "--bin", "meft", "--"]).args(args).env("RAYON_NUM_THREADS", RAYON_THREADS);
     cmd
 }
 
@@ -114,16 +94,10 @@ fn fetch_or_reason() -> Option<String> {
 pub fn bench() -> anyhow::Result<()> {
     prereq::ensure()?;
     let mut cmd = cargo();
-    cmd.args(["bench", "--workspace"])
-        .env("RAYON_NUM_THREADS", RAYON_THREADS);
+    cmd.args(["bench", "--workspace"]).env("RAYON_NUM_THREADS", RAYON_THREADS);
     if let Err(e) = assets::fetch() {
-        loud(&format!(
-            "assets unavailable, benches on the real model will skip: {e:#}"
-        ));
-        cmd.env(
-            meft_assets::OFFLINE_VAR,
-            "asset fetch failed before `cargo xtask bench`",
-        );
+        loud(&format!("assets unavailable, benches on the real model will skip: {e:#}"));
+        cmd.env(meft_assets::OFFLINE_VAR, "asset fetch failed before `cargo xtask bench`");
     }
     step("running benches (cargo bench --workspace)");
     run(&mut cmd)?;

@@ -30,12 +30,7 @@ use crate::train::{RawConfig, TrainPlan, TrainableAdapter, build, checkpoint};
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// Model to evaluate: `smollm2-135m-instruct`, a .gguf file or an HF directory.
-    #[arg(
-        long,
-        short,
-        conflicts_with = "predictions",
-        required_unless_present = "predictions"
-    )]
+    #[arg(long, short, conflicts_with = "predictions", required_unless_present = "predictions")]
     pub model: Option<String>,
     /// Weight dtype in memory.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
@@ -96,10 +91,7 @@ impl EvalArgs {
     fn config(&self, batch: usize) -> EvalConfig {
         let decoding = match self.beam {
             0 | 1 => Decoding::Greedy,
-            width => Decoding::Beam {
-                width,
-                length_penalty: self.length_penalty,
-            },
+            width => Decoding::Beam { width, length_penalty: self.length_penalty },
         };
         let scope = match self.penalty_scope {
             Scope::Sequence => PenaltyScope::Sequence,
@@ -109,10 +101,7 @@ impl EvalArgs {
             decode: DecodeConfig {
                 decoding,
                 max_new_tokens: self.max_new_tokens,
-                repetition_penalty: RepetitionPenalty {
-                    penalty: self.repetition_penalty,
-                    scope,
-                },
+                repetition_penalty: RepetitionPenalty { penalty: self.repetition_penalty, scope },
             },
             batch,
         }
@@ -123,18 +112,10 @@ impl EvalArgs {
             return Ok(file.clone());
         }
         if let Dataset::User(_) = dataset {
-            bail!(
-                "--dataset {} needs --dataset-file <F.jsonl>",
-                dataset.name()
-            );
+            bail!("--dataset {} needs --dataset-file <F.jsonl>", dataset.name());
         }
         let cache = meft_assets::Cache::from_env();
-        cache.dataset_path(&dataset.name()).with_context(|| {
-            format!(
-                "dataset {} (fetch with `cargo xtask assets`)",
-                dataset.name()
-            )
-        })
+        cache.dataset_path(&dataset.name()).with_context(|| format!("dataset {} (fetch with `cargo xtask assets`)", dataset.name()))
     }
 }
 
@@ -151,63 +132,33 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --model M to generate, or --predictions F.jsonl to score"),
     };
     if let Some(dir) = &args.out {
-        let metadata = RunMetadata {
-            config_json,
-            git_revision: meft_eval::results::git_revision(),
-            description: format!("meft eval on {}", dataset.name()),
-        };
+        let metadata =
+            RunMetadata { config_json, git_revision: meft_eval::results::git_revision(), description: format!("meft eval on {}", dataset.name()) };
         let paths = write_outputs(dir, &metadata, &summary, &report, &generations)?;
-        eprintln!(
-            "wrote {} and {}",
-            paths.json.display(),
-            paths.hdf5.display()
-        );
+        eprintln!("wrote {} and {}", paths.json.display(), paths.hdf5.display());
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
 
-type Outcome = (
-    EvalSummary,
-    Report,
-    Vec<meft_eval::generation::Generation>,
-    String,
-);
+type Outcome = (EvalSummary, Report, Vec<meft_eval::generation::Generation>, String);
 
-fn score_file(
-    args: &EvalArgs,
-    dataset: &Dataset,
-    file: &Path,
-    predictions: &Path,
-) -> anyhow::Result<Outcome> {
+fn score_file(args: &EvalArgs, dataset: &Dataset, file: &Path, predictions: &Path) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let report = score_predictions(predictions, dataset, file, Coverage::Predicted)?;
     let mut summary = EvalSummary::of_report(&report, start.elapsed().as_secs_f64());
     summary.predictions = Some(predictions.display().to_string());
-    let config_json =
-        serde_json::json!({ "predictions": summary.predictions, "dataset": args.dataset })
-            .to_string();
+    let config_json = serde_json::json!({ "predictions": summary.predictions, "dataset": args.dataset }).to_string();
     Ok((summary, report, Vec::new(), config_json))
 }
 
-fn generate(
-    args: &EvalArgs,
-    dataset: &Dataset,
-    file: &Path,
-    model: &str,
-) -> anyhow::Result<Outcome> {
-    let loaded = ModelArgs {
-        model: model.to_owned(),
-        dtype: args.dtype,
-        precision: args.precision,
-    }
-    .load()?;
-    let template = loaded.bundle.chat.as_ref().with_context(|| {
-        format!(
-            "{} declares no chat template; meft eval prompts in chat form",
-            loaded.path.display()
-        )
-    })?;
+fn generate(args: &EvalArgs, dataset: &Dataset, file: &Path, model: &str) -> anyhow::Result<Outcome> {
+    let loaded = ModelArgs { model: model.to_owned(), dtype: args.dtype, precision: args.precision }.load()?;
+    let template = loaded
+        .bundle
+        .chat
+        .as_ref()
+        .with_context(|| format!("{} declares no chat template; meft eval prompts in chat form", loaded.path.display()))?;
     let adapter = match &args.adapter {
         Some(dir) => Some(load_adapter(dir, &loaded.bundle.config)?),
         None => None,
@@ -230,17 +181,10 @@ fn generate(
         Some(a) => a.hook(),
         None => &NoAdapters,
     };
-    let evaluator = Evaluator {
-        model: &loaded.model,
-        tokenizer: &loaded.bundle.tokenizer,
-        template,
-        hook,
-        after_forward: Some(&release as &dyn Fn()),
-    };
+    let evaluator =
+        Evaluator { model: &loaded.model, tokenizer: &loaded.bundle.tokenizer, template, hook, after_forward: Some(&release as &dyn Fn()) };
     let bar = indicatif::ProgressBar::new(examples.len() as u64);
-    let evaluation = evaluator.evaluate(dataset, &examples, &config, &mut |i, _| {
-        bar.set_position(i as u64)
-    })?;
+    let evaluation = evaluator.evaluate(dataset, &examples, &config, &mut |i, _| bar.set_position(i as u64))?;
     bar.finish_and_clear();
     let mut summary = EvalSummary::of_report(&evaluation.report, evaluation.wall_seconds);
     summary.model = Some(model.to_owned());
@@ -256,36 +200,18 @@ fn generate(
         summary.new_tokens as f64 / evaluation.wall_seconds.max(1e-9)
     );
     let config_json = serde_json::to_string(&summary.config)?;
-    Ok((
-        summary,
-        evaluation.report,
-        evaluation.generations,
-        config_json,
-    ))
+    Ok((summary, evaluation.report, evaluation.generations, config_json))
 }
 
 /// Rebuilds the adapter of an exported directory from its recorded config and loads its weights.
-fn load_adapter(
-    dir: &Path,
-    model: &meft_models::ModelConfig,
-) -> anyhow::Result<Box<dyn TrainableAdapter>> {
+fn load_adapter(dir: &Path, model: &meft_models::ModelConfig) -> anyhow::Result<Box<dyn TrainableAdapter>> {
     let (params, manifest) = checkpoint::import(dir)?;
     let origin = format!("{}/adapter.json (config_toml)", dir.display());
-    let plan = TrainPlan::new(
-        RawConfig::parse(&manifest.config_toml, &origin, &[])?,
-        model,
-    )?;
+    let plan = TrainPlan::new(RawConfig::parse(&manifest.config_toml, &origin, &[])?, model)?;
     let device = build::device(&plan, model)?;
     let mut adapter = build::adapter(&plan, model, &device)?;
-    adapter
-        .load_params(&params)
-        .with_context(|| format!("loading {}/adapter.safetensors", dir.display()))?;
+    adapter.load_params(&params).with_context(|| format!("loading {}/adapter.safetensors", dir.display()))?;
     adapter.set_phase(Phase::Eval);
-    eprintln!(
-        "adapter {} ({} parameters, trained on {})",
-        dir.display(),
-        adapter.param_count(),
-        manifest.model
-    );
+    eprintln!("adapter {} ({} parameters, trained on {})", dir.display(), adapter.param_count(), manifest.model);
     Ok(adapter)
 }

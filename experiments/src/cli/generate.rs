@@ -46,10 +46,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     let text = match (args.chat, &loaded.bundle.chat) {
         (false, _) => args.prompt.clone(),
         (true, Some(template)) => template.render(&[Message::user(args.prompt.as_str())]),
-        (true, None) => bail!(
-            "{} declares no chat template; run without --chat",
-            loaded.path.display()
-        ),
+        (true, None) => bail!("{} declares no chat template; run without --chat", loaded.path.display()),
     };
     let prompt = tokenizer.encode(&text)?;
     let config = GenerateConfig {
@@ -69,10 +66,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             stdout
                 .write_all(p.as_bytes())
                 .and_then(|()| stdout.flush())
-                .map_err(|source| meft_models::ModelError::Io {
-                    file: "<stdout>".into(),
-                    source,
-                })
+                .map_err(|source| meft_models::ModelError::Io { file: "<stdout>".into(), source })
         });
         match piece {
             Ok(()) => ControlFlow::Continue(()),
@@ -87,11 +81,6 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     }
     writeln!(stdout)?;
     let seconds = start.elapsed().as_secs_f64();
-    eprintln!(
-        "{} prompt + {} new tokens in {seconds:.2} s ({:.1} tokens/s)",
-        prompt.len(),
-        tokens.len(),
-        tokens.len() as f64 / seconds
-    );
+    eprintln!("{} prompt + {} new tokens in {seconds:.2} s ({:.1} tokens/s)", prompt.len(), tokens.len(), tokens.len() as f64 / seconds);
     Ok(())
 }

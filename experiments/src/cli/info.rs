@@ -21,11 +21,7 @@ fn parameter_counts(c: &ModelConfig) -> (usize, usize, usize) {
     let per_layer = attn + 3 * d * c.intermediate_size + 2 * d;
     let embedding = c.vocab_size * d;
     let head = if c.tie_word_embeddings { 0 } else { embedding };
-    (
-        embedding,
-        per_layer,
-        embedding + c.num_hidden_layers * per_layer + d + head,
-    )
+    (embedding, per_layer, embedding + c.num_hidden_layers * per_layer + d + head)
 }
 
 /// Prints the facts.
@@ -34,10 +30,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
     let (c, tok) = (&loaded.bundle.config, &loaded.bundle.tokenizer);
     let (embedding, per_layer, total) = parameter_counts(c);
     let storage = match &loaded.bundle.storage {
-        Storage::Gguf {
-            version,
-            parameters_by_type,
-        } => json!({
+        Storage::Gguf { version, parameters_by_type } => json!({
             "format": "gguf", "version": version,
             "parameters_by_type": parameters_by_type.iter().map(|(t, n)| json!({"type": t, "parameters": n})).collect::<Vec<_>>(),
         }),

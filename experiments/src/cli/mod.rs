@@ -25,11 +25,7 @@ use meft_models::resolve::{self, ModelBundle};
 
 /// Command-line arguments of `meft`.
 #[derive(Debug, Parser)]
-#[command(
-    name = "meft",
-    version,
-    about = "MEFT: memory-efficient fine-tuning through sparse adapters"
-)]
+#[command(name = "meft", version, about = "MEFT: memory-efficient fine-tuning through sparse adapters")]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -110,22 +106,13 @@ impl ModelArgs {
         let start = Instant::now();
         let source = resolve::resolve(&self.model)?;
         let dtype = self.dtype.dtype();
-        let mut bundle = resolve::load(&source, dtype)
-            .with_context(|| format!("loading {}", source.path().display()))?;
-        let weights = std::mem::replace(
-            &mut bundle.weights,
-            meft_models::WeightMap::new(Default::default(), source.path()),
-        );
+        let mut bundle = resolve::load(&source, dtype).with_context(|| format!("loading {}", source.path().display()))?;
+        let weights = std::mem::replace(&mut bundle.weights, meft_models::WeightMap::new(Default::default(), source.path()));
         let mut model = Llama::load(&bundle.config, weights, dtype, &Device::Cpu)?;
         model.set_frozen_precision(self.precision)?;
         let load_seconds = start.elapsed().as_secs_f64();
         eprintln!("loaded {} in {load_seconds:.2} s", source.path().display());
-        Ok(Loaded {
-            model,
-            bundle,
-            path: source.path().to_path_buf(),
-            load_seconds,
-        })
+        Ok(Loaded { model, bundle, path: source.path().to_path_buf(), load_seconds })
     }
 }
 

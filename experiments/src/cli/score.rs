@@ -22,9 +22,6 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let ids = loaded.bundle.tokenizer.encode(&args.text)?;
     let score = loaded.model.score(&ids)?;
-    println!(
-        "{}",
-        serde_json::json!({ "tokens": score.tokens, "mean_nll": score.mean_nll })
-    );
+    println!("{}", serde_json::json!({ "tokens": score.tokens, "mean_nll": score.mean_nll }));
     Ok(())
 }

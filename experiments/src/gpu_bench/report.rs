@@ -162,7 +162,15 @@ pub struct Setup {
 
 impl Setup {
     /// Collects the facts of a run.
-    pub fn new(cfg: &BenchConfig, c: &ModelConfig, weights: String, before: Option<DriverInfo>, pa: &PaSize, meft: &MeftConfig, probe: Option<usize>) -> Self {
+    pub fn new(
+        cfg: &BenchConfig,
+        c: &ModelConfig,
+        weights: String,
+        before: Option<DriverInfo>,
+        pa: &PaSize,
+        meft: &MeftConfig,
+        probe: Option<usize>,
+    ) -> Self {
         let frozen = frozen_params(c);
         let host = 2 * meft.neurons * meft.hidden * c.num_hidden_layers;
         Self {

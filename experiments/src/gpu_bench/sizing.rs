@@ -67,7 +67,11 @@ pub fn host_neurons(c: &ModelConfig, frozen_params: u64, size: HostAdapterSize) 
 pub fn meft_config(c: &ModelConfig, neurons: usize, cfg: &BenchConfig) -> Result<MeftConfig, BenchArgError> {
     let layout = ExpertLayout::with_default_factor(neurons).map_err(|e| bad("--neurons", e.to_string(), "pick one of the listed neighbours"))?;
     if cfg.top_k > neurons {
-        return Err(bad("--top-k", format!("is {} but the host adapter has only M = {neurons} neurons", cfg.top_k), "lower --top-k or enlarge the host adapter"));
+        return Err(bad(
+            "--top-k",
+            format!("is {} but the host adapter has only M = {neurons} neurons", cfg.top_k),
+            "lower --top-k or enlarge the host adapter",
+        ));
     }
     Ok(MeftConfig {
         hidden: c.hidden_size,

@@ -83,7 +83,15 @@ pub fn markdown(report: &BenchReport) -> String {
         s.dtype,
         s.weights
     );
-    let _ = writeln!(md, "- batch {} × {} tokens; {} warm-up + {} measured steps per adapter; budget {}", s.batch, s.seq, s.warmup, s.steps, gib(s.budget_bytes));
+    let _ = writeln!(
+        md,
+        "- batch {} × {} tokens; {} warm-up + {} measured steps per adapter; budget {}",
+        s.batch,
+        s.seq,
+        s.warmup,
+        s.steps,
+        gib(s.budget_bytes)
+    );
     let _ = writeln!(
         md,
         "- host adapter: {:.1} % of the frozen parameters; MEFT pre-look {}; probe step at C = M: largest union {}",

@@ -87,27 +87,18 @@ impl AdapterHook for Recorder {
 
 /// Three layers spread over the depth (a third, two thirds, the last), deduplicated.
 pub fn spread_layers(num_layers: usize) -> Vec<usize> {
-    let mut layers = vec![
-        num_layers / 3,
-        2 * num_layers / 3,
-        num_layers.saturating_sub(1),
-    ];
+    let mut layers = vec![num_layers / 3, 2 * num_layers / 3, num_layers.saturating_sub(1)];
     layers.dedup();
     layers
 }
 
 /// The frozen model of `ctx` and `n` tokenised sequences, with a description of them.
 pub fn model_and_sequences(ctx: &Context, n: usize) -> Result<(Frozen, Vec<Sequence>, String)> {
-    let frozen = build::model(ctx.model_name(), ctx.seed)
-        .with_context(|| format!("loading model {}", ctx.model_name()))?;
+    let frozen = build::model(ctx.model_name(), ctx.seed).with_context(|| format!("loading model {}", ctx.model_name()))?;
     let mask = LossMask::WholeSequence;
     let (seqs, what) = match (&ctx.source, &frozen.text) {
         (DataSource::Real, Some((tok, chat))) => {
-            let raw = RawDataset {
-                name: "nq_open".into(),
-                limit: n,
-                ..RawDataset::default()
-            };
+            let raw = RawDataset { name: "nq_open".into(), limit: n, ..RawDataset::default() };
             let examples = data::load_examples(&raw)?;
             let seqs = data::tokenise(&examples, tok, chat, mask, MAX_LEN)?;
             let what = format!(
@@ -146,10 +137,7 @@ fn record(frozen: &Frozen, seqs: &[Sequence], layers: &[usize]) -> Result<Vec<Ve
         let refs: Vec<&Sequence> = batch.iter().collect();
         let (tokens, _) = data::collate(&refs, &Device::Cpu)?;
         let width = tokens.dim(1)?;
-        let hook = Recorder {
-            layers: layers.to_vec(),
-            seen: Mutex::new(BTreeMap::new()),
-        };
+        let hook = Recorder { layers: layers.to_vec(), seen: Mutex::new(BTreeMap::new()) };
         let mut h = model.embed(&tokens)?;
         let lctx = model.context(&hook, model.op_path, 0, width);
         for layer in &model.layers[..=last] {
@@ -157,9 +145,7 @@ fn record(frozen: &Frozen, seqs: &[Sequence], layers: &[usize]) -> Result<Vec<Ve
         }
         let mut seen = hook.seen.into_inner().unwrap_or_else(|e| e.into_inner());
         for (l, dst) in layers.iter().zip(&mut out) {
-            let x = seen
-                .remove(l)
-                .with_context(|| format!("layer {l} was never reached"))?;
+            let x = seen.remove(l).with_context(|| format!("layer {l} was never reached"))?;
             for (i, s) in batch.iter().enumerate() {
                 dst.extend_from_slice(&x[i * width * d..(i * width + s.tokens.len()) * d]);
             }
@@ -174,12 +160,7 @@ type Key = (String, bool, usize, u64);
 /// Captured FFN inputs of `n` sequences at [`spread_layers`], memoised per process.
 pub fn capture(ctx: &Context, n: usize) -> Result<Arc<Captured>> {
     static MEMO: Mutex<Vec<(Key, Arc<Captured>)>> = Mutex::new(Vec::new());
-    let key: Key = (
-        ctx.model_name().into(),
-        ctx.source == DataSource::Real,
-        n,
-        ctx.seed,
-    );
+    let key: Key = (ctx.model_name().into(), ctx.source == DataSource::Real, n, ctx.seed);
     let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, c)) = memo.iter().find(|(k, _)| *k == key) {
         return Ok(c.clone());
@@ -204,11 +185,8 @@ pub fn capture(ctx: &Context, n: usize) -> Result<Arc<Captured>> {
 /// `(seed, layer)`.
 pub fn meft_keys(neurons: usize, hidden: usize, seed: u64, layer: usize) -> Result<Vec<f32>> {
     let normal = rand_distr::Normal::new(0f32, 0.02)?;
-    let mut rng =
-        rand::rngs::StdRng::seed_from_u64(seed ^ (layer as u64).wrapping_mul(0x9e37_79b9));
-    Ok((0..neurons * hidden)
-        .map(|_| normal.sample(&mut rng))
-        .collect())
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (layer as u64).wrapping_mul(0x9e37_79b9));
+    Ok((0..neurons * hidden).map(|_| normal.sample(&mut rng)).collect())
 }
 
 #[cfg(test)]
@@ -231,10 +209,7 @@ mod tests {
         }
         let layers = [1, 3];
         let batched = record(&frozen, &seqs, &layers).unwrap();
-        let single: Vec<Vec<Vec<f32>>> = seqs
-            .chunks(1)
-            .map(|one| record(&frozen, one, &layers).unwrap())
-            .collect();
+        let single: Vec<Vec<Vec<f32>>> = seqs.chunks(1).map(|one| record(&frozen, one, &layers).unwrap()).collect();
         for (li, all) in batched.iter().enumerate() {
             let joined: Vec<f32> = single.iter().flat_map(|s| s[li].iter().copied()).collect();
             assert_eq!(all.len(), joined.len());

@@ -82,8 +82,13 @@ pub fn answer(inputs: &Inputs, hook: &dyn meft_core::AdapterHook, after_forward:
         }
     }
     if set.dataset == Dataset::Gsm8k {
-        for (name, rule) in [("gsm8k_paper", Gsm8kExtraction::Paper), ("gsm8k_strict", Gsm8kExtraction::Strict), ("gsm8k_flexible", Gsm8kExtraction::Flexible)] {
-            let hits = report.examples.iter().filter(|r| gsm8k_correct(r.prediction.as_deref().unwrap_or(""), r.references.first().map_or("", String::as_str), rule));
+        for (name, rule) in
+            [("gsm8k_paper", Gsm8kExtraction::Paper), ("gsm8k_strict", Gsm8kExtraction::Strict), ("gsm8k_flexible", Gsm8kExtraction::Flexible)]
+        {
+            let hits = report
+                .examples
+                .iter()
+                .filter(|r| gsm8k_correct(r.prediction.as_deref().unwrap_or(""), r.references.first().map_or("", String::as_str), rule));
             metrics.insert(name.into(), hits.count() as f64 / report.examples.len().max(1) as f64);
         }
     }
@@ -120,5 +125,9 @@ pub fn decoding_label(d: &DecodeConfig) -> String {
 
 /// Greedy decoding of at most `max_new_tokens`.
 pub fn greedy(max_new_tokens: usize) -> DecodeConfig {
-    DecodeConfig { decoding: meft_eval::generation::Decoding::Greedy, max_new_tokens, repetition_penalty: meft_eval::generation::RepetitionPenalty::default() }
+    DecodeConfig {
+        decoding: meft_eval::generation::Decoding::Greedy,
+        max_new_tokens,
+        repetition_penalty: meft_eval::generation::RepetitionPenalty::default(),
+    }
 }

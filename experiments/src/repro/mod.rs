@@ -18,9 +18,9 @@ pub mod runs;
 pub mod setup;
 pub mod stats;
 pub mod table1;
-pub mod trained;
 pub mod traffic;
 pub mod traffic_trained;
+pub mod trained;
 
 use std::path::PathBuf;
 use std::time::Instant;

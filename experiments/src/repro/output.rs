@@ -61,23 +61,12 @@ pub fn u64_column(name: &str, unit: &str, description: &str, values: Vec<u64>) -
 
 /// Writes `tables` to `results/<name>.h5` with the run metadata; returns the path relative to
 /// `paper/`.
-pub fn write_h5(
-    ctx: &Context,
-    name: &str,
-    description: &str,
-    config: &serde_json::Value,
-    tables: &[Table],
-) -> Result<String> {
+pub fn write_h5(ctx: &Context, name: &str, description: &str, config: &serde_json::Value, tables: &[Table]) -> Result<String> {
     let dir = ctx.results_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{name}.h5"));
-    let metadata = RunMetadata {
-        config_json: config.to_string(),
-        git_revision: git_revision(),
-        description: description.into(),
-    };
-    write_tables(&path, &metadata, tables)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let metadata = RunMetadata { config_json: config.to_string(), git_revision: git_revision(), description: description.into() };
+    write_tables(&path, &metadata, tables).with_context(|| format!("writing {}", path.display()))?;
     Ok(format!("results/{name}.h5"))
 }
 
@@ -94,10 +83,7 @@ mod tests {
     fn tables_are_markdown() {
         let t = md_table(&["a", "b"], &[vec!["1".into(), "2".into()]]);
         assert_eq!(t, "| a | b |\n| --- | --- |\n| 1 | 2 |\n");
-        assert_eq!(
-            figure_paths(&["x.png".into()]),
-            vec!["figures/x.png".to_string()]
-        );
+        assert_eq!(figure_paths(&["x.png".into()]), vec!["figures/x.png".to_string()]);
         assert_eq!(mib(3.0 * 1024.0 * 1024.0), "3.00");
         assert_eq!(md_table(&["|U|"], &[]), "| \\|U\\| |\n| --- |\n");
     }

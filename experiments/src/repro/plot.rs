@@ -56,10 +56,7 @@ pub struct Series {
 fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     REGISTERED
-        .get_or_init(|| {
-            register_font(FAMILY, FontStyle::Normal, FONT)
-                .map_err(|_| "the embedded DejaVu Sans font failed to parse".to_string())
-        })
+        .get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT).map_err(|_| "the embedded DejaVu Sans font failed to parse".to_string()))
         .clone()
         .map_err(|e| anyhow!(e))
 }
@@ -82,42 +79,28 @@ fn render_both(dir: &Path, stem: &str, figure: &impl Figure) -> Result<Vec<Strin
     let names = file_names(stem);
     let png = dir.join(&names[0]);
     let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-    figure
-        .draw(&root)
-        .with_context(|| format!("drawing {}", png.display()))?;
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
+    figure.draw(&root).with_context(|| format!("drawing {}", png.display()))?;
+    root.present().map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
     let svg = dir.join(&names[1]);
     let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-    figure
-        .draw(&root)
-        .with_context(|| format!("drawing {}", svg.display()))?;
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
+    figure.draw(&root).with_context(|| format!("drawing {}", svg.display()))?;
+    root.present().map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
     Ok(names)
 }
 
 /// Padded `[lo, hi]` around `values`; starts at zero when the data are non-negative and zero is
 /// close enough to keep the bars/lines honest.
 fn linear_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let lo = if lo >= 0.0 && lo <= 0.5 * hi { 0.0 } else { lo };
-    let pad = if hi > lo {
-        0.06 * (hi - lo)
-    } else {
-        hi.abs().max(1.0) * 0.1
-    };
+    let pad = if hi > lo { 0.06 * (hi - lo) } else { hi.abs().max(1.0) * 0.1 };
     let lo = if lo == 0.0 { 0.0 } else { lo - pad };
     (lo, hi + pad)
 }
 
 /// Log-axis bounds: one step below and above the data on a ×/÷ 1.25 scale.
 fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     (lo / 1.25, hi * 1.25)
 }
 
@@ -132,10 +115,7 @@ fn validate_lines(series: &[Series], x_scale: AxisScale) -> Result<()> {
                 bail!("series {:?} has a non-finite point ({x}, {y})", s.label);
             }
             if x_scale == AxisScale::Log && x <= 0.0 {
-                bail!(
-                    "series {:?} has x = {x} on a log axis: use AxisScale::Linear",
-                    s.label
-                );
+                bail!("series {:?} has x = {x} on a log axis: use AxisScale::Linear", s.label);
             }
         }
     }
@@ -152,15 +132,7 @@ struct Labels<'a> {
 /// Writes `<stem>.png` and `<stem>.svg` under `dir`: one line per series, with a legend.
 ///
 /// Returns the two file names (not paths), PNG first.
-pub fn line_chart(
-    dir: &Path,
-    stem: &str,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    x_scale: AxisScale,
-) -> Result<Vec<String>> {
+pub fn line_chart(dir: &Path, stem: &str, title: &str, x_label: &str, y_label: &str, series: &[Series], x_scale: AxisScale) -> Result<Vec<String>> {
     validate_lines(series, x_scale)?;
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let x = match x_scale {
@@ -168,22 +140,8 @@ pub fn line_chart(
         AxisScale::Log => log_bounds(xs),
     };
     let y = linear_bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    let labels = Labels {
-        title,
-        x: x_label,
-        y: y_label,
-    };
-    render_both(
-        dir,
-        stem,
-        &Lines {
-            labels,
-            x_scale,
-            x,
-            y,
-            series,
-        },
-    )
+    let labels = Labels { title, x: x_label, y: y_label };
+    render_both(dir, stem, &Lines { labels, x_scale, x, y, series })
 }
 
 /// A line chart ready to draw.
@@ -200,25 +158,13 @@ impl Figure for Lines<'_> {
         let (lo, hi) = self.x;
         match self.x_scale {
             AxisScale::Linear => draw_lines(root, &self.labels, lo..hi, self.y, self.series),
-            AxisScale::Log => draw_lines(
-                root,
-                &self.labels,
-                (lo..hi).log_scale(),
-                self.y,
-                self.series,
-            ),
+            AxisScale::Log => draw_lines(root, &self.labels, (lo..hi).log_scale(), self.y, self.series),
         }
     }
 }
 
 /// Draws the line chart on one backend, whatever the x coordinate type.
-fn draw_lines<DB, X>(
-    root: &DrawingArea<DB, Shift>,
-    labels: &Labels<'_>,
-    x: X,
-    y: (f64, f64),
-    series: &[Series],
-) -> Result<()>
+fn draw_lines<DB, X>(root: &DrawingArea<DB, Shift>, labels: &Labels<'_>, x: X, y: (f64, f64), series: &[Series]) -> Result<()>
 where
     DB: DrawingBackend,
     X: AsRangedCoord<Value = f64>,
@@ -233,14 +179,7 @@ where
         .y_label_area_size(64)
         .build_cartesian_2d(x, y.0..y.1)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(labels.x)
-        .y_desc(labels.y)
-        .x_label_formatter(&|v| tick(*v))
-        .label_style((FAMILY, 14))
-        .draw()
-        .map_err(err)?;
+    chart.configure_mesh().x_desc(labels.x).y_desc(labels.y).x_label_formatter(&|v| tick(*v)).label_style((FAMILY, 14)).draw().map_err(err)?;
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let style = colour.stroke_width(2);
@@ -249,10 +188,7 @@ where
             .map_err(err)?
             .label(s.label.as_str())
             .legend(move |(px, py)| PathElement::new([(px, py), (px + 18, py)], style));
-        let marks = s
-            .points
-            .iter()
-            .map(move |&p| Circle::new(p, 3, colour.filled()));
+        let marks = s.points.iter().map(move |&p| Circle::new(p, 3, colour.filled()));
         chart.draw_series(marks).map_err(err)?;
     }
     draw_legend(&mut chart).map_err(err)
@@ -265,17 +201,11 @@ fn tick(v: f64) -> String {
     }
     let digits = (3 - v.abs().log10().floor().max(-4.0) as i32).clamp(0, 6) as usize;
     let s = format!("{v:.digits$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
 /// The legend box in the upper-right corner.
-fn draw_legend<'a, DB, X, Y>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
-) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+fn draw_legend<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
 where
     DB: DrawingBackend + 'a,
     X: plotters::coord::ranged1d::Ranged,
@@ -297,11 +227,7 @@ fn validate_bars(groups: &[String], series: &[(String, Vec<f64>)]) -> Result<()>
     }
     for (label, values) in series {
         if values.len() != groups.len() {
-            bail!(
-                "bar series {label:?} has {} values for {} groups: give one value per group",
-                values.len(),
-                groups.len()
-            );
+            bail!("bar series {label:?} has {} values for {} groups: give one value per group", values.len(), groups.len());
         }
         if let Some(v) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
             bail!("bar series {label:?} has value {v}: bars must be finite and non-negative");
@@ -314,29 +240,10 @@ fn validate_bars(groups: &[String], series: &[(String, Vec<f64>)]) -> Result<()>
 /// per series (`(legend label, one value per group)`).
 ///
 /// Returns the two file names (not paths), PNG first.
-pub fn bar_chart(
-    dir: &Path,
-    stem: &str,
-    title: &str,
-    y_label: &str,
-    groups: &[String],
-    series: &[(String, Vec<f64>)],
-) -> Result<Vec<String>> {
+pub fn bar_chart(dir: &Path, stem: &str, title: &str, y_label: &str, groups: &[String], series: &[(String, Vec<f64>)]) -> Result<Vec<String>> {
     validate_bars(groups, series)?;
-    let labels = Labels {
-        title,
-        x: "",
-        y: y_label,
-    };
-    render_both(
-        dir,
-        stem,
-        &Bars {
-            labels,
-            groups,
-            series,
-        },
-    )
+    let labels = Labels { title, x: "", y: y_label };
+    render_both(dir, stem, &Bars { labels, groups, series })
 }
 
 /// A grouped bar chart ready to draw.
@@ -356,47 +263,22 @@ impl Figure for Bars<'_> {
 const GROUP_UNITS: i32 = 1000;
 
 /// Draws the grouped bars on one backend. Group `g` spans `[g, g + 1)·GROUP_UNITS` on the x axis.
-fn draw_bars<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    labels: &Labels<'_>,
-    groups: &[String],
-    series: &[(String, Vec<f64>)],
-) -> Result<()> {
+fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, labels: &Labels<'_>, groups: &[String], series: &[(String, Vec<f64>)]) -> Result<()> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
     root.fill(&WHITE).map_err(err)?;
     let n = groups.len();
-    let top = series
-        .iter()
-        .flat_map(|s| s.1.iter().copied())
-        .fold(0.0, f64::max);
+    let top = series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0, f64::max);
     let top = if top > 0.0 { top * 1.25 } else { 1.0 };
-    let centres: Vec<i32> = (0..n as i32)
-        .map(|g| g * GROUP_UNITS + GROUP_UNITS / 2)
-        .collect();
-    let group_of = |v: &i32| {
-        groups
-            .get((v / GROUP_UNITS) as usize)
-            .cloned()
-            .unwrap_or_default()
-    };
+    let centres: Vec<i32> = (0..n as i32).map(|g| g * GROUP_UNITS + GROUP_UNITS / 2).collect();
+    let group_of = |v: &i32| groups.get((v / GROUP_UNITS) as usize).cloned().unwrap_or_default();
     let mut chart = ChartBuilder::on(root)
         .caption(labels.title, (FAMILY, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(72)
-        .build_cartesian_2d(
-            (0..n as i32 * GROUP_UNITS).with_key_points(centres),
-            0.0..top,
-        )
+        .build_cartesian_2d((0..n as i32 * GROUP_UNITS).with_key_points(centres), 0.0..top)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_label_formatter(&group_of)
-        .y_desc(labels.y)
-        .label_style((FAMILY, 14))
-        .draw()
-        .map_err(err)?;
+    chart.configure_mesh().disable_x_mesh().x_label_formatter(&group_of).y_desc(labels.y).label_style((FAMILY, 14)).draw().map_err(err)?;
     let width = (GROUP_UNITS * 8 / 10) / series.len() as i32;
     for (s, (label, values)) in series.iter().enumerate() {
         let colour = PALETTE[s % PALETTE.len()];
@@ -408,9 +290,7 @@ fn draw_bars<DB: DrawingBackend>(
             .draw_series(bars)
             .map_err(err)?
             .label(label.as_str())
-            .legend(move |(px, py)| {
-                Rectangle::new([(px, py - 6), (px + 14, py + 6)], colour.filled())
-            });
+            .legend(move |(px, py)| Rectangle::new([(px, py - 6), (px + 14, py + 6)], colour.filled()));
     }
     draw_legend(&mut chart).map_err(err)
 }
@@ -428,11 +308,7 @@ mod tests {
     fn check_outputs(dir: &Path, names: &[String], title: &str) {
         let png = std::fs::read(dir.join(&names[0])).unwrap();
         assert_eq!(png_size(&png), SIZE);
-        assert!(
-            png.len() > 5_000,
-            "PNG of {} bytes is too small to hold a chart",
-            png.len()
-        );
+        assert!(png.len() > 5_000, "PNG of {} bytes is too small to hold a chart", png.len());
         let svg = std::fs::read_to_string(dir.join(&names[1])).unwrap();
         assert!(svg.contains(title), "SVG lacks the title {title:?}");
     }
@@ -441,27 +317,12 @@ mod tests {
     fn line_chart_writes_png_and_svg_on_both_scales() {
         let dir = tempfile::tempdir().unwrap();
         let series = vec![
-            Series {
-                label: "recall".into(),
-                points: vec![(4.0, 0.5), (16.0, 0.8), (64.0, 0.95)],
-            },
-            Series {
-                label: "dense".into(),
-                points: vec![(4.0, 1.0), (64.0, 1.0)],
-            },
+            Series { label: "recall".into(), points: vec![(4.0, 0.5), (16.0, 0.8), (64.0, 0.95)] },
+            Series { label: "dense".into(), points: vec![(4.0, 1.0), (64.0, 1.0)] },
         ];
         for (scale, stem) in [(AxisScale::Log, "log"), (AxisScale::Linear, "lin")] {
             let title = format!("Recall vs experts {stem}");
-            let names = line_chart(
-                dir.path(),
-                stem,
-                &title,
-                "experts",
-                "recall@K",
-                &series,
-                scale,
-            )
-            .unwrap();
+            let names = line_chart(dir.path(), stem, &title, "experts", "recall@K", &series, scale).unwrap();
             assert_eq!(names, vec![format!("{stem}.png"), format!("{stem}.svg")]);
             check_outputs(dir.path(), &names, &title);
         }
@@ -471,19 +332,8 @@ mod tests {
     fn bar_chart_writes_png_and_svg() {
         let dir = tempfile::tempdir().unwrap();
         let groups = vec!["MEFT".to_string(), "full offload".to_string()];
-        let series = vec![
-            ("H2D".to_string(), vec![1.0, 4.0]),
-            ("D2H".to_string(), vec![0.5, 4.0]),
-        ];
-        let names = bar_chart(
-            dir.path(),
-            "bytes",
-            "Bytes per step",
-            "MiB",
-            &groups,
-            &series,
-        )
-        .unwrap();
+        let series = vec![("H2D".to_string(), vec![1.0, 4.0]), ("D2H".to_string(), vec![0.5, 4.0])];
+        let names = bar_chart(dir.path(), "bytes", "Bytes per step", "MiB", &groups, &series).unwrap();
         check_outputs(dir.path(), &names, "Bytes per step");
         let svg = std::fs::read_to_string(dir.path().join(&names[1])).unwrap();
         assert!(svg.contains("full offload"), "group names label the x axis");
@@ -502,10 +352,7 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let neg = vec![Series {
-            label: "a".into(),
-            points: vec![(0.0, 1.0)],
-        }];
+        let neg = vec![Series { label: "a".into(), points: vec![(0.0, 1.0)] }];
         let e = line_chart(dir.path(), "x", "t", "x", "y", &neg, AxisScale::Log).unwrap_err();
         assert!(e.to_string().contains("log axis"), "{e}");
         assert!(line_chart(dir.path(), "x", "t", "x", "y", &[], AxisScale::Linear).is_err());

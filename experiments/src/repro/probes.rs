@@ -63,10 +63,16 @@ impl Probes {
         if candidates.is_empty() {
             bail!("the TriviaQA file has no rows from {POOL_START} for the forgetting probe");
         }
-        let screen = GenSet { name: "known_screen".into(), dataset: Dataset::TriviaQa, examples: Arc::new(candidates.clone()), decode: greedy(ANSWER_TOKENS) };
+        let screen =
+            GenSet { name: "known_screen".into(), dataset: Dataset::TriviaQa, examples: Arc::new(candidates.clone()), decode: greedy(ANSWER_TOKENS) };
         let base = evaluate::answer(inputs, &meft_core::NoAdapters, None, evaluate::GENERATION_BATCH, &screen)?;
         let known: Vec<Example> = candidates.into_iter().zip(&base.primary).filter(|(_, hit)| **hit).map(|(e, _)| e).take(MAX_KNOWN).collect();
-        eprintln!("[probes] the base model answers {} of {} held-out TriviaQA questions (kept {})", base.primary.iter().filter(|&&h| h).count(), base.n, known.len());
+        eprintln!(
+            "[probes] the base model answers {} of {} held-out TriviaQA questions (kept {})",
+            base.primary.iter().filter(|&&h| h).count(),
+            base.n,
+            known.len()
+        );
         let known = GenSet { name: "known".into(), dataset: Dataset::TriviaQa, examples: Arc::new(known), decode: greedy(ANSWER_TOKENS) };
         Ok(Self { known, screened: base.n, text: Probe::new(inputs, passages(tok)?)? })
     }

@@ -95,7 +95,12 @@ pub fn machine() -> String {
         .ok()
         .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
         .map_or("unknown".into(), |kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0));
-    format!("{} ({cores} cores available), {mem} RAM, {} {}", cpu.unwrap_or_else(|| "unknown CPU".into()), std::env::consts::OS, std::env::consts::ARCH)
+    format!(
+        "{} ({cores} cores available), {mem} RAM, {} {}",
+        cpu.unwrap_or_else(|| "unknown CPU".into()),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }
 
 /// Writes `paper_dir/REPRODUCTION.md` from the saved sections; `total_seconds` is this
@@ -115,13 +120,24 @@ pub fn write(ctx: &Context, total_seconds: f64, command: &str) -> Result<PathBuf
     let _ = writeln!(md, "- **Machine:** {}; no accelerator (the device is simulated: a byte budget on CPU tensors, link time modelled).", machine());
     let profile = serde_json::to_value(ctx.profile)?;
     let _ = writeln!(md, "- **Profile:** `{}`; wall time of this invocation {:.1} min.", profile.as_str().unwrap_or("?"), total_seconds / 60.0);
-    md += "- **Paper:** Hao et al., *MEFT: Memory-Efficient Fine-Tuning through Sparse Adapter*, ACL 2024 (LLaMA-7B / Mistral-7B on a 24 GB GPU).\n\n";
+    md +=
+        "- **Paper:** Hao et al., *MEFT: Memory-Efficient Fine-Tuning through Sparse Adapter*, ACL 2024 (LLaMA-7B / Mistral-7B on a 24 GB GPU).\n\n";
     md += &summary_table(&sections);
     md += DIFFERENCES;
     for (id, s) in ExperimentId::ALL.iter().zip(&sections) {
         match s {
             Some(s) => {
-                let _ = writeln!(md, "\n## {}\n\n_{} profile, {} data, {:.1} min, {} (revision `{}`); runs: {}._\n", s.title, s.profile, s.source, s.wall_seconds / 60.0, s.date, short(&s.git_revision), s.runs.describe());
+                let _ = writeln!(
+                    md,
+                    "\n## {}\n\n_{} profile, {} data, {:.1} min, {} (revision `{}`); runs: {}._\n",
+                    s.title,
+                    s.profile,
+                    s.source,
+                    s.wall_seconds / 60.0,
+                    s.date,
+                    short(&s.git_revision),
+                    s.runs.describe()
+                );
                 md += &s.markdown;
                 for f in s.figures.iter().filter(|f| f.ends_with(".png")) {
                     let _ = writeln!(md, "\n![{}]({f})", s.title);

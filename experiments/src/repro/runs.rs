@@ -21,8 +21,8 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{self, GenSet, GenScores};
-use super::probes::{Probes, ProbeFacts};
+use super::evaluate::{self, GenScores, GenSet};
+use super::probes::{ProbeFacts, Probes};
 use crate::train::config::MethodKind;
 use crate::train::{Inputs, RawConfig, TrainPlan, Trainer};
 
@@ -162,7 +162,14 @@ impl Runner {
     /// A runner writing under `runs_dir` with `workers` parallel runs (≥ 1), screening
     /// `probe_pool` questions for the forgetting probes.
     pub fn new(runs_dir: &Path, workers: usize, probe_pool: usize) -> Self {
-        Self { runs_dir: runs_dir.to_path_buf(), workers: workers.max(1), tally: Mutex::default(), inputs: Mutex::new(HashMap::new()), probes: Mutex::new(HashMap::new()), probe_pool }
+        Self {
+            runs_dir: runs_dir.to_path_buf(),
+            workers: workers.max(1),
+            tally: Mutex::default(),
+            inputs: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
+            probe_pool,
+        }
     }
 
     /// Runs every spec (reusing saved outcomes) and returns the outcomes in spec order.
@@ -187,7 +194,13 @@ impl Runner {
         outcomes.into_iter().enumerate().map(|(i, o)| o.with_context(|| format!("run {} produced nothing", specs[i].key))).collect()
     }
 
-    fn worker(&self, specs: &[RunSpec], queue: &Mutex<VecDeque<usize>>, results: &Mutex<Vec<(usize, Result<RunOutcome>)>>, (start, total): (Instant, usize)) {
+    fn worker(
+        &self,
+        specs: &[RunSpec],
+        queue: &Mutex<VecDeque<usize>>,
+        results: &Mutex<Vec<(usize, Result<RunOutcome>)>>,
+        (start, total): (Instant, usize),
+    ) {
         let pool = match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
             Ok(p) => p,
             Err(e) => {
@@ -349,7 +362,8 @@ impl Runner {
 fn config_hash(spec: &RunSpec) -> String {
     let mut raw = spec.raw.clone();
     raw.output_dir = PathBuf::new();
-    let sets: Vec<(String, usize, String)> = spec.generation.iter().map(|g| (g.name.clone(), g.examples.len(), super::evaluate::decoding_label(&g.decode))).collect();
+    let sets: Vec<(String, usize, String)> =
+        spec.generation.iter().map(|g| (g.name.clone(), g.examples.len(), super::evaluate::decoding_label(&g.decode))).collect();
     let text = format!("{}|{}|{:?}", serde_json::to_string(&raw).unwrap_or_default(), spec.probes, sets);
     format!("{:016x}", meft_eval::split::fnv1a64(text.as_bytes()))
 }

@@ -114,7 +114,19 @@ impl Scale {
     /// The scale of `profile` on `source`.
     pub fn of(profile: Profile, source: &DataSource) -> Self {
         let real = *source == DataSource::Real;
-        let mut s = Self { adapted_layers: 10, facts: 400, epochs: 10, eval_every_epochs: 2, micro: 8, max_length: 64, pa_neurons: 64, meft_neurons: 1024, top_k: 64, experts: 32, top_p: 8 };
+        let mut s = Self {
+            adapted_layers: 10,
+            facts: 400,
+            epochs: 10,
+            eval_every_epochs: 2,
+            micro: 8,
+            max_length: 64,
+            pa_neurons: 64,
+            meft_neurons: 1024,
+            top_k: 64,
+            experts: 32,
+            top_p: 8,
+        };
         if profile == Profile::Default {
             // The whole paper in an hour on 2 AVX2 cores (measured: a 10-layer, 400-fact QA run
             // costs 13 min there, and the default asks for about 60 runs). Same K, M, N, PA
@@ -155,7 +167,8 @@ pub struct Budget {
 
 /// The trainer configuration every method starts from on `dataset`.
 pub fn base_config(ctx: &Context, s: &Scale, dataset: &str) -> RawConfig {
-    let mut raw = RawConfig { seed: ctx.seed, epochs: s.epochs, eval_examples: 0, layers: format!("last:{}", s.adapted_layers), ..RawConfig::default() };
+    let mut raw =
+        RawConfig { seed: ctx.seed, epochs: s.epochs, eval_examples: 0, layers: format!("last:{}", s.adapted_layers), ..RawConfig::default() };
     raw.model.name = ctx.model_name().into();
     raw.model.precision = meft_models::ops::FrozenPrecision::Bf16;
     raw.dataset.name = dataset.into();
@@ -197,7 +210,12 @@ pub fn budget(raw: &RawConfig, s: &Scale) -> Result<Budget> {
         let dims = sites.iter().map(|t| parse_site(t).map(|x| site_dims(&cfg, x))).collect::<Result<Vec<_>, _>>()?;
         Ok(memory::largest_fitting(bytes, fixed, knob, &cfg, layers, &dims, 0).with_context(|| format!("no {knob:?} fits {bytes} bytes"))? as usize)
     };
-    Ok(Budget { bytes, lora_rank: fit(SizeKnob::LoraRank, &["q", "v"])?, lora_ffn_rank: fit(SizeKnob::LoraRank, &["up", "down"])?, adapter_h_units: fit(SizeKnob::AdapterHUnits, &[])? })
+    Ok(Budget {
+        bytes,
+        lora_rank: fit(SizeKnob::LoraRank, &["q", "v"])?,
+        lora_ffn_rank: fit(SizeKnob::LoraRank, &["up", "down"])?,
+        adapter_h_units: fit(SizeKnob::AdapterHUnits, &[])?,
+    })
 }
 
 /// `base` configured as `method` under `budget`.

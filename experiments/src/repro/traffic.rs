@@ -19,9 +19,7 @@ use meft_core::adapters::{Activation, DeviceAdamW, ParallelAdapter, Trainable};
 use meft_core::optim::AdamWConfig;
 use meft_core::sparse::Evaluation;
 use meft_eval::h5::Table;
-use meft_offload::{
-    DeviceKind, HostOptimizer, Ledger, MeftAdapter, MeftConfig, OffloadDevice, OffloadPlan,
-};
+use meft_offload::{DeviceKind, HostOptimizer, Ledger, MeftAdapter, MeftConfig, OffloadDevice, OffloadPlan};
 use meft_router::{ExpertLayout, Scoring};
 use serde::Serialize;
 
@@ -51,30 +49,9 @@ struct Sizes {
 
 fn sizes(profile: Profile) -> Sizes {
     match profile {
-        Profile::Smoke => Sizes {
-            sequences: 8,
-            micro: 4,
-            steps: 2,
-            neurons: 256,
-            top_k: 16,
-            adapted: 2,
-        },
-        Profile::Default => Sizes {
-            sequences: 48,
-            micro: 8,
-            steps: 4,
-            neurons: 6400,
-            top_k: 64,
-            adapted: 4,
-        },
-        Profile::Full => Sizes {
-            sequences: 256,
-            micro: 16,
-            steps: 8,
-            neurons: 6400,
-            top_k: 64,
-            adapted: 8,
-        },
+        Profile::Smoke => Sizes { sequences: 8, micro: 4, steps: 2, neurons: 256, top_k: 16, adapted: 2 },
+        Profile::Default => Sizes { sequences: 48, micro: 8, steps: 4, neurons: 6400, top_k: 64, adapted: 4 },
+        Profile::Full => Sizes { sequences: 256, micro: 16, steps: 8, neurons: 6400, top_k: 64, adapted: 8 },
     }
 }
 
@@ -131,30 +108,16 @@ fn steady(v: &[f64]) -> f64 {
 }
 
 /// The micro-batch of `step`: `micro` consecutive sequences, wrapping around.
-fn batch(
-    seqs: &[Sequence],
-    step: usize,
-    micro: usize,
-) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
-    let refs: Vec<&Sequence> = (0..micro)
-        .map(|i| &seqs[(step * micro + i) % seqs.len()])
-        .collect();
+fn batch(seqs: &[Sequence], step: usize, micro: usize) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    let refs: Vec<&Sequence> = (0..micro).map(|i| &seqs[(step * micro + i) % seqs.len()]).collect();
     data::collate(&refs, &Device::Cpu)
 }
 
 /// One forward + backward; returns the gradients.
-fn backward(
-    frozen: &Frozen,
-    hook: &dyn AdapterHook,
-    seqs: &[Sequence],
-    step: usize,
-    micro: usize,
-) -> Result<candle_core::backprop::GradStore> {
+fn backward(frozen: &Frozen, hook: &dyn AdapterHook, seqs: &[Sequence], step: usize, micro: usize) -> Result<candle_core::backprop::GradStore> {
     let (tokens, mask) = batch(seqs, step, micro)?;
     let logits = frozen.model.forward(&tokens, hook)?;
-    let loss = frozen
-        .model
-        .next_token_loss(&logits, &tokens, Some(&mask))?;
+    let loss = frozen.model.next_token_loss(&logits, &tokens, Some(&mask))?;
     Ok(loss.backward()?)
 }
 
@@ -169,26 +132,15 @@ fn meft_adapter(s: &Sizes, d: usize, layers: &[usize], seed: u64) -> Result<Meft
         scoring: Scoring::Gated,
         evaluation: Evaluation::PerToken,
         host_optimizer: HostOptimizer::Dense,
-        adamw: AdamWConfig {
-            lr: 1e-3,
-            ..AdamWConfig::default()
-        },
+        adamw: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() },
     };
     let plan = OffloadPlan::uniform(layers, s.neurons, 0);
-    let device = Arc::new(OffloadDevice::new(DeviceKind::Simulated {
-        budget_bytes: u64::MAX,
-    })?);
+    let device = Arc::new(OffloadDevice::new(DeviceKind::Simulated { budget_bytes: u64::MAX })?);
     Ok(MeftAdapter::init(cfg, plan, device, seed)?)
 }
 
 /// MEFT steps: the ledger and the wall time of each step.
-fn run_meft(
-    frozen: &Frozen,
-    seqs: &[Sequence],
-    s: &Sizes,
-    layers: &[usize],
-    seed: u64,
-) -> Result<(Ledger, Vec<f64>)> {
+fn run_meft(frozen: &Frozen, seqs: &[Sequence], s: &Sizes, layers: &[usize], seed: u64) -> Result<(Ledger, Vec<f64>)> {
     let mut a = meft_adapter(s, frozen.model.config.hidden_size, layers, seed)?;
     let mut secs = Vec::new();
     for step in 0..s.steps {
@@ -204,22 +156,9 @@ fn run_meft(
 /// The same steps with a dense Parallel Adapter of M neurons on the device.
 fn run_dense(frozen: &Frozen, seqs: &[Sequence], s: &Sizes, layers: &[usize]) -> Result<Vec<f64>> {
     let d = frozen.model.config.hidden_size;
-    let pa = ParallelAdapter::new(
-        layers,
-        s.neurons,
-        d,
-        Activation::Relu,
-        DType::F32,
-        &Device::Cpu,
-    )?;
+    let pa = ParallelAdapter::new(layers, s.neurons, d, Activation::Relu, DType::F32, &Device::Cpu)?;
     let vars: Vec<Var> = pa.vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = DeviceAdamW::new(
-        AdamWConfig {
-            lr: 1e-3,
-            ..AdamWConfig::default()
-        },
-        vars,
-    )?;
+    let mut opt = DeviceAdamW::new(AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, vars)?;
     let mut secs = Vec::new();
     for step in 0..s.steps {
         let start = Instant::now();
@@ -231,38 +170,22 @@ fn run_dense(frozen: &Frozen, seqs: &[Sequence], s: &Sizes, layers: &[usize]) ->
 }
 
 /// Per-step means of the ledger, with the measured step times.
-fn summarise(
-    ledger: &Ledger,
-    layers: &[usize],
-    neurons: usize,
-    meft: &[f64],
-    dense: &[f64],
-) -> Traffic {
-    let per_step = |f: &dyn Fn(&meft_offload::LayerRecord) -> f64| -> Vec<f64> {
-        ledger
-            .steps
-            .iter()
-            .map(|s| s.layers.iter().map(f).sum())
-            .collect()
-    };
+fn summarise(ledger: &Ledger, layers: &[usize], neurons: usize, meft: &[f64], dense: &[f64]) -> Traffic {
+    let per_step =
+        |f: &dyn Fn(&meft_offload::LayerRecord) -> f64| -> Vec<f64> { ledger.steps.iter().map(|s| s.layers.iter().map(f).sum()).collect() };
     let ns = |v: u64| v as f64 * 1e-9;
     let layer_count = layers.len().max(1) as f64;
     Traffic {
         layers: layers.to_vec(),
         tokens: steady(&per_step(&|l| l.tokens as f64)) / layer_count,
-        union_fraction: steady(&per_step(&|l| {
-            l.union_rows as f64 / l.micro_batches.max(1) as f64
-        })) / layer_count
-            / neurons as f64,
+        union_fraction: steady(&per_step(&|l| l.union_rows as f64 / l.micro_batches.max(1) as f64)) / layer_count / neurons as f64,
         h2d_bytes: steady(&per_step(&|l| l.h2d_bytes as f64)),
         d2h_bytes: steady(&per_step(&|l| l.d2h_bytes as f64)),
         route_input_bytes: steady(&per_step(&|l| l.route_input_bytes as f64)),
         full_offload_bytes: steady(&per_step(&|l| l.full_offload_bytes as f64)),
         link_s: steady(&per_step(&|l| l.link_time_s)),
         route_s: steady(&per_step(&|l| ns(l.host.route_ns))),
-        host_other_s: steady(&per_step(&|l| {
-            ns(l.host.gather_ns + l.host.scatter_ns + l.host.adamw_ns)
-        })),
+        host_other_s: steady(&per_step(&|l| ns(l.host.gather_ns + l.host.scatter_ns + l.host.adamw_ns))),
         meft_step_s: steady(meft),
         dense_step_s: steady(dense),
     }
@@ -277,31 +200,17 @@ fn extrapolate(union_fraction: f64) -> (f64, f64) {
 
 fn bytes_table(t: &Traffic, s: &Sizes) -> String {
     let (meft7b, full7b) = extrapolate(t.union_fraction);
-    let header = [
-        "setting",
-        "MEFT MiB/step (H2D + D2H)",
-        "full offload MiB/step",
-        "ratio",
-        "paper",
-    ];
+    let header = ["setting", "MEFT MiB/step (H2D + D2H)", "full offload MiB/step", "ratio", "paper"];
     let rows = vec![
         vec![
-            format!(
-                "ours, measured ledger: M = {}, {} layers, T ≈ {:.0}, |U|/M = {:.3}",
-                s.neurons,
-                t.layers.len(),
-                t.tokens,
-                t.union_fraction
-            ),
+            format!("ours, measured ledger: M = {}, {} layers, T ≈ {:.0}, |U|/M = {:.3}", s.neurons, t.layers.len(), t.tokens, t.union_fraction),
             format!("{} + {}", mib(t.h2d_bytes), mib(t.d2h_bytes)),
             mib(t.full_offload_bytes),
             format!("{:.2}×", t.ratio()),
             format!("{PAPER_RATIO}× less (LLaMA-7B, M = 6144, batch 2 × 256)"),
         ],
         vec![
-            format!(
-                "**extrapolated** to LLaMA-7B shapes (d = 4096, 32 layers, M = 6144) at our |U|/M"
-            ),
+            format!("**extrapolated** to LLaMA-7B shapes (d = 4096, 32 layers, M = 6144) at our |U|/M"),
             mib(meft7b),
             mib(full7b),
             format!("{:.2}×", full7b / meft7b.max(1.0)),
@@ -312,26 +221,11 @@ fn bytes_table(t: &Traffic, s: &Sizes) -> String {
 }
 
 fn time_table(t: &Traffic) -> String {
-    let header = [
-        "step",
-        "seconds / step",
-        "throughput vs all-device",
-        "paper",
-    ];
+    let header = ["step", "seconds / step", "throughput vs all-device", "paper"];
     let rel = |x: f64| format!("{:.0} %", 100.0 * t.dense_step_s / x);
     let rows = vec![
-        vec![
-            "all-device dense adapter, same M (measured)".into(),
-            format!("{:.3}", t.dense_step_s),
-            "100 %".into(),
-            "—".into(),
-        ],
-        vec![
-            "MEFT on this machine, no link (measured)".into(),
-            format!("{:.3}", t.meft_step_s),
-            rel(t.meft_step_s),
-            "—".into(),
-        ],
+        vec!["all-device dense adapter, same M (measured)".into(), format!("{:.3}", t.dense_step_s), "100 %".into(), "—".into()],
+        vec!["MEFT on this machine, no link (measured)".into(), format!("{:.3}", t.meft_step_s), rel(t.meft_step_s), "—".into()],
         vec![
             "MEFT + link, serial (**modelled**)".into(),
             format!("{:.3}", t.serial_s()),
@@ -349,73 +243,22 @@ fn time_table(t: &Traffic) -> String {
 }
 
 fn ledger_table(ledger: &Ledger) -> Table {
-    let recs: Vec<(u64, &meft_offload::LayerRecord)> = ledger
-        .steps
-        .iter()
-        .flat_map(|s| s.layers.iter().map(move |l| (s.step, l)))
-        .collect();
-    let u = |f: fn(&meft_offload::LayerRecord) -> u64| {
-        recs.iter().map(|(_, l)| f(l)).collect::<Vec<u64>>()
-    };
+    let recs: Vec<(u64, &meft_offload::LayerRecord)> = ledger.steps.iter().flat_map(|s| s.layers.iter().map(move |l| (s.step, l))).collect();
+    let u = |f: fn(&meft_offload::LayerRecord) -> u64| recs.iter().map(|(_, l)| f(l)).collect::<Vec<u64>>();
     Table {
         name: "ledger".into(),
         description: "one row per optimizer step and adapted layer (meft-offload ledger)".into(),
         columns: vec![
-            u64_column(
-                "step",
-                "1",
-                "optimizer step",
-                recs.iter().map(|(s, _)| *s).collect(),
-            ),
+            u64_column("step", "1", "optimizer step", recs.iter().map(|(s, _)| *s).collect()),
             u64_column("layer", "1", "model layer", u(|l| l.layer as u64)),
-            u64_column(
-                "tokens",
-                "tokens",
-                "tokens T (padding included)",
-                u(|l| l.tokens as u64),
-            ),
-            u64_column(
-                "union_rows",
-                "rows",
-                "distinct rows |U|, summed over micro-batches",
-                u(|l| l.union_rows as u64),
-            ),
-            u64_column(
-                "h2d_bytes",
-                "bytes",
-                "host→device adapter rows",
-                u(|l| l.h2d_bytes),
-            ),
-            u64_column(
-                "d2h_bytes",
-                "bytes",
-                "device→host row gradients",
-                u(|l| l.d2h_bytes),
-            ),
-            u64_column(
-                "route_input_bytes",
-                "bytes",
-                "device→host routing inputs",
-                u(|l| l.route_input_bytes),
-            ),
-            u64_column(
-                "full_offload_bytes",
-                "bytes",
-                "full offload: 2·M·2d·4",
-                u(|l| l.full_offload_bytes),
-            ),
-            f64_column(
-                "link_time_s",
-                "s",
-                "link time (modelled)",
-                recs.iter().map(|(_, l)| l.link_time_s).collect(),
-            ),
-            u64_column(
-                "route_ns",
-                "ns",
-                "host routing time (measured)",
-                u(|l| l.host.route_ns),
-            ),
+            u64_column("tokens", "tokens", "tokens T (padding included)", u(|l| l.tokens as u64)),
+            u64_column("union_rows", "rows", "distinct rows |U|, summed over micro-batches", u(|l| l.union_rows as u64)),
+            u64_column("h2d_bytes", "bytes", "host→device adapter rows", u(|l| l.h2d_bytes)),
+            u64_column("d2h_bytes", "bytes", "device→host row gradients", u(|l| l.d2h_bytes)),
+            u64_column("route_input_bytes", "bytes", "device→host routing inputs", u(|l| l.route_input_bytes)),
+            u64_column("full_offload_bytes", "bytes", "full offload: 2·M·2d·4", u(|l| l.full_offload_bytes)),
+            f64_column("link_time_s", "s", "link time (modelled)", recs.iter().map(|(_, l)| l.link_time_s).collect()),
+            u64_column("route_ns", "ns", "host routing time (measured)", u(|l| l.host.route_ns)),
         ],
     }
 }
@@ -439,46 +282,20 @@ fn run_timed(ctx: &Context) -> Result<Section> {
     let (frozen, seqs, what) = capture::model_and_sequences(ctx, s.sequences)?;
     let n = frozen.model.config.num_hidden_layers;
     let layers: Vec<usize> = (n.saturating_sub(s.adapted)..n).collect();
-    let (ledger, meft_secs) =
-        run_meft(&frozen, &seqs, &s, &layers, ctx.seed).context("MEFT steps")?;
+    let (ledger, meft_secs) = run_meft(&frozen, &seqs, &s, &layers, ctx.seed).context("MEFT steps")?;
     let dense_secs = run_dense(&frozen, &seqs, &s, &layers).context("all-device adapter steps")?;
     let t = summarise(&ledger, &layers, s.neurons, &meft_secs, &dense_secs);
     let groups = vec!["MEFT".to_string(), "full offload".to_string()];
     let series = vec![
-        (
-            "host → device".to_string(),
-            vec![
-                t.h2d_bytes / 1048576.0,
-                t.full_offload_bytes / 2.0 / 1048576.0,
-            ],
-        ),
-        (
-            "device → host".to_string(),
-            vec![
-                t.d2h_bytes / 1048576.0,
-                t.full_offload_bytes / 2.0 / 1048576.0,
-            ],
-        ),
+        ("host → device".to_string(), vec![t.h2d_bytes / 1048576.0, t.full_offload_bytes / 2.0 / 1048576.0]),
+        ("device → host".to_string(), vec![t.d2h_bytes / 1048576.0, t.full_offload_bytes / 2.0 / 1048576.0]),
     ];
-    let names = bar_chart(
-        &ctx.figures_dir(),
-        "traffic_bytes",
-        "Adapter bytes moved per optimizer step",
-        "MiB per step",
-        &groups,
-        &series,
-    )?;
+    let names = bar_chart(&ctx.figures_dir(), "traffic_bytes", "Adapter bytes moved per optimizer step", "MiB per step", &groups, &series)?;
     let config = serde_json::json!({
         "neurons": s.neurons, "top_k": s.top_k, "top_p": 8, "layers": layers, "micro_batch": s.micro,
         "steps": s.steps, "sequences": seqs.len(), "seed": ctx.seed, "link": "25 GB/s + 10 us (modelled)",
     });
-    let h5 = write_h5(
-        ctx,
-        "traffic",
-        "MEFT ledger: bytes per step and layer",
-        &config,
-        &[ledger_table(&ledger)],
-    )?;
+    let h5 = write_h5(ctx, "traffic", "MEFT ledger: bytes per step and layer", &config, &[ledger_table(&ledger)])?;
     Ok(Section {
         id: ExperimentId::Traffic,
         title: "6. Union and traffic after training (Fig. 8), and the modelled step time".into(),

@@ -81,19 +81,45 @@ pub fn markdown(t: &TrainedTraffic) -> String {
         .trained
         .iter()
         .zip(&t.initial)
-        .map(|(a, b)| vec![a.batch.to_string(), format!("{:.0}", a.tokens), format!("{:.0}", a.union_rows), format!("{:.3}", a.fraction), format!("{:.3}", b.fraction)])
+        .map(|(a, b)| {
+            vec![
+                a.batch.to_string(),
+                format!("{:.0}", a.tokens),
+                format!("{:.0}", a.union_rows),
+                format!("{:.3}", a.fraction),
+                format!("{:.3}", b.fraction),
+            ]
+        })
         .collect();
     let mib = |b: f64| format!("{:.2}", b / 1048576.0);
     // Full offload moves every row of every adapted layer down and its gradient up.
     let full = t.full_offload_bytes_per_step.unwrap_or(2.0 * (t.neurons * t.layers) as f64 * t.row_bytes as f64);
     let uncapped = t.uncapped_bytes_per_step();
     let ledger = match t.ledger_bytes_per_step {
-        Some(b) => vec!["MEFT, training ledger (working set capped at C, measured)".into(), mib(b), mib(full), format!("{:.2}×", full / b.max(1.0)), format!("{PAPER_RATIO}× less")],
-        None => vec!["MEFT, training ledger (working set capped at C)".into(), "no ledger in the run's outcome".into(), mib(full), "-".into(), format!("{PAPER_RATIO}× less")],
+        Some(b) => vec![
+            "MEFT, training ledger (working set capped at C, measured)".into(),
+            mib(b),
+            mib(full),
+            format!("{:.2}×", full / b.max(1.0)),
+            format!("{PAPER_RATIO}× less"),
+        ],
+        None => vec![
+            "MEFT, training ledger (working set capped at C)".into(),
+            "no ledger in the run's outcome".into(),
+            mib(full),
+            "-".into(),
+            format!("{PAPER_RATIO}× less"),
+        ],
     };
     let bytes = vec![
         ledger,
-        vec![format!("MEFT, uncapped union of a micro-batch of {} (trained router, measured)", t.micro), mib(uncapped), mib(full), format!("{:.2}×", full / uncapped.max(1.0)), format!("{PAPER_RATIO}× less")],
+        vec![
+            format!("MEFT, uncapped union of a micro-batch of {} (trained router, measured)", t.micro),
+            mib(uncapped),
+            mib(full),
+            format!("{:.2}×", full / uncapped.max(1.0)),
+            format!("{PAPER_RATIO}× less"),
+        ],
     ];
     format!(
         "**After training** (Table 1's MEFT run `{}`, M = {} per layer on {} layers, C = {} device rows): its trained router applied to micro-batches \
@@ -111,8 +137,17 @@ pub fn markdown(t: &TrainedTraffic) -> String {
 
 /// |U| / M against B, trained and initial.
 pub fn figure(ctx: &Context, t: &TrainedTraffic) -> Result<Vec<String>> {
-    let line = |label: &str, pts: &[UnionPoint]| plot::Series { label: label.into(), points: pts.iter().map(|p| (p.batch as f64, p.fraction)).collect() };
+    let line =
+        |label: &str, pts: &[UnionPoint]| plot::Series { label: label.into(), points: pts.iter().map(|p| (p.batch as f64, p.fraction)).collect() };
     let series = [line("trained router", &t.trained), line("at initialisation", &t.initial)];
-    let names = plot::line_chart(&ctx.figures_dir(), "union_after_training", "Union |U|/M vs micro-batch size (Fig. 8, trained keys)", "sequences per micro-batch", "|U| / M", &series, plot::AxisScale::Log)?;
+    let names = plot::line_chart(
+        &ctx.figures_dir(),
+        "union_after_training",
+        "Union |U|/M vs micro-batch size (Fig. 8, trained keys)",
+        "sequences per micro-batch",
+        "|U| / M",
+        &series,
+        plot::AxisScale::Log,
+    )?;
     Ok(figure_paths(&names))
 }

@@ -9,7 +9,9 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use meft_router::{DenseConfig, ExpertLayout, GateSource, KeysView, RouteConfig, RouteInputs, RouteScratch, Rows, Scoring, dense_top_k, recall_at_k, route};
+use meft_router::{
+    DenseConfig, ExpertLayout, GateSource, KeysView, RouteConfig, RouteInputs, RouteScratch, Rows, Scoring, dense_top_k, recall_at_k, route,
+};
 use serde::{Deserialize, Serialize};
 
 use super::runs::{RunSpec, Runner};
@@ -93,13 +95,25 @@ impl TrainedRouting {
             keys.push(arena.params().chunks(2 * d).flat_map(|row| row[..d].iter().copied()).collect::<Vec<f32>>());
             gates.push(meft_router::init_gates(&arena.keys()?, &self.layout)?);
         }
-        Ok(Self { keys, gates, layers: self.layers.clone(), layout: self.layout, inputs: self.inputs.clone(), seq_lens: self.seq_lens.clone(), ..*self })
+        Ok(Self {
+            keys,
+            gates,
+            layers: self.layers.clone(),
+            layout: self.layout,
+            inputs: self.inputs.clone(),
+            seq_lens: self.seq_lens.clone(),
+            ..*self
+        })
     }
 
     fn route_inputs<'a>(&'a self, layer: usize, rows: std::ops::Range<usize>) -> Result<RouteInputs<'a>> {
         let (d, m, n) = (self.hidden, self.layout.neurons(), self.layout.experts());
         let x = &self.inputs[layer][rows.start * d..rows.end * d];
-        Ok(RouteInputs { x: Rows::new(x, rows.len(), d)?, keys: KeysView::f32(&self.keys[layer], m, d, d)?, gates: GateSource::Gates(Rows::new(&self.gates[layer], n, d)?) })
+        Ok(RouteInputs {
+            x: Rows::new(x, rows.len(), d)?,
+            keys: KeysView::f32(&self.keys[layer], m, d, d)?,
+            gates: GateSource::Gates(Rows::new(&self.gates[layer], n, d)?),
+        })
     }
 
     fn tokens(&self) -> usize {
@@ -138,7 +152,12 @@ impl TrainedRouting {
                 (tokens, count, start) = (tokens + len as f64, count + 1, start + len);
             }
             let per = (count * self.layers.len()).max(1) as f64;
-            points.push(UnionPoint { batch: b, tokens: tokens / count.max(1) as f64, union_rows: union / per, fraction: union / per / self.layout.neurons() as f64 });
+            points.push(UnionPoint {
+                batch: b,
+                tokens: tokens / count.max(1) as f64,
+                union_rows: union / per,
+                fraction: union / per / self.layout.neurons() as f64,
+            });
         }
         if points.is_empty() {
             bail!("no batch size fits the {} captured sequences", self.seq_lens.len());

@@ -177,7 +177,8 @@ pub fn adapter(plan: &TrainPlan, cfg: &ModelConfig, dev: &Arc<OffloadDevice>) ->
             Box::new(DeviceTrainable::new(a, plan.adamw, |_, _| {})?)
         }
         MethodPlan::FullFt { sites } => {
-            let a = FullDelta::new(&plan.layers, sites, &|site| site_dims(cfg, site), DType::F32, &Device::Cpu)?.with_precision(plan.raw.model.precision);
+            let a =
+                FullDelta::new(&plan.layers, sites, &|site| site_dims(cfg, site), DType::F32, &Device::Cpu)?.with_precision(plan.raw.model.precision);
             account(dev, &a)?;
             Box::new(DeviceTrainable::new(a, plan.adamw, |a: &FullDelta, p: Phase| a.set_phase(p))?)
         }

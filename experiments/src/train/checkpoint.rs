@@ -74,11 +74,7 @@ pub fn load(output: &Path, step: u64) -> Result<(StateMap, TrainerState)> {
     let path = path_of(output, step);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let json = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("trainer"))
-        .with_context(|| format!("{} has no trainer metadata", path.display()))?;
+    let json = meta.metadata().as_ref().and_then(|m| m.get("trainer")).with_context(|| format!("{} has no trainer metadata", path.display()))?;
     let state = serde_json::from_str(json).with_context(|| format!("{}: bad trainer metadata", path.display()))?;
     Ok((StateMap::from_safetensors(&bytes)?, state))
 }

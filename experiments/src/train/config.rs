@@ -406,13 +406,11 @@ impl RawConfig {
 
     /// Parses TOML `text` (from `origin`) and applies `overrides`.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
         Self::from_table(table.clone()).map_err(|message| ConfigError::Parse { origin: origin.into(), message })?;
         for arg in overrides {
             apply_override(&mut table, arg)?;
-            Self::from_table(table.clone())
-                .map_err(|message| ConfigError::Override { arg: arg.clone(), reason: message })?;
+            Self::from_table(table.clone()).map_err(|message| ConfigError::Override { arg: arg.clone(), reason: message })?;
         }
         Self::from_table(table).map_err(|message| ConfigError::Parse { origin: origin.into(), message })
     }

@@ -162,10 +162,7 @@ pub fn head_outputs(model: &Llama, h: &Tensor, pos: &Positions) -> Result<Output
         Vec::new()
     } else {
         let argmax = logits.detach().argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        pos.completions
-            .iter()
-            .map(|c| !c.is_empty() && c.iter().all(|&k| argmax[k as usize] == pos.targets[k as usize]))
-            .collect()
+        pos.completions.iter().map(|c| !c.is_empty() && c.iter().all(|&k| argmax[k as usize] == pos.targets[k as usize])).collect()
     };
     Ok(Outputs { loss, exact })
 }
@@ -218,8 +215,7 @@ mod tests {
         let (x, _) = crate::train::data::collate(&refs, &Device::Cpu).expect("collate");
         let full = m.forward(&x, &NoAdapters).expect("forward").argmax(D::Minus1).expect("argmax");
         let pred = full.to_vec2::<u32>().expect("vec");
-        let want: Vec<bool> =
-            all.iter().zip(&pred).map(|(s, p)| (s.prompt_len..s.tokens.len()).all(|t| p[t - 1] == s.tokens[t])).collect();
+        let want: Vec<bool> = all.iter().zip(&pred).map(|(s, p)| (s.prompt_len..s.tokens.len()).all(|t| p[t - 1] == s.tokens[t])).collect();
         let pos = Positions::of(&refs, x.dim(1).expect("len"), Completions::Include);
         let h = run_layers(&m, &m.embed(&x).expect("embed"), 0..m.layers.len(), &NoAdapters).expect("layers");
         assert_eq!(head_outputs(&m, &h, &pos).expect("head").exact, want);

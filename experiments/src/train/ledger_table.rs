@@ -3,7 +3,7 @@
 //! format (units on every column; link time labelled modelled or measured).
 
 use meft_eval::h5::{Column, ColumnValues, Table};
-use meft_offload::{Ledger, LayerRecord, StepRecord};
+use meft_offload::{LayerRecord, Ledger, StepRecord};
 
 /// One row per (step, layer) of `ledger`.
 pub fn ledger_table(ledger: &Ledger) -> Table {
@@ -17,7 +17,8 @@ pub fn ledger_table(ledger: &Ledger) -> Table {
     let source = rows.first().map_or("modelled".to_string(), |(_, l)| format!("{:?}", l.link_time_source).to_lowercase());
     Table {
         name: "ledger".into(),
-        description: "MEFT ledger: one row per optimizer step and adapted layer (steps of this process; a resumed run starts at its checkpoint)".into(),
+        description: "MEFT ledger: one row per optimizer step and adapted layer (steps of this process; a resumed run starts at its checkpoint)"
+            .into(),
         columns: vec![
             u64s("step", "1", "optimizer step (1-based)", &|s, _| s.step),
             u64s("layer", "1", "model layer", &|_, l| l.layer as u64),
@@ -29,7 +30,12 @@ pub fn ledger_table(ledger: &Ledger) -> Table {
             u64s("route_input_bytes", "bytes", "routing inputs device to host", &|_, l| l.route_input_bytes),
             u64s("full_offload_bytes", "bytes", "what a full offload would move for this layer and step", &|_, l| l.full_offload_bytes),
             u64s("device_peak_bytes", "bytes", "device peak since the previous step (all categories)", &|s, _| s.device.peak_total),
-            Column::new("link_time", "s", &format!("link time of the transfers ({source})"), ColumnValues::F64(rows.iter().map(|(_, l)| l.link_time_s).collect())),
+            Column::new(
+                "link_time",
+                "s",
+                &format!("link time of the transfers ({source})"),
+                ColumnValues::F64(rows.iter().map(|(_, l)| l.link_time_s).collect()),
+            ),
             ns("route_time", "host routing compute (measured)", &|l| l.host.route_ns),
             ns("gather_time", "gathering rows into the staging buffer (measured)", &|l| l.host.gather_ns),
             ns("scatter_time", "scatter-adding row gradients (measured)", &|l| l.host.scatter_ns),

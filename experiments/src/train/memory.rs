@@ -128,7 +128,15 @@ impl MemoryPlan {
 }
 
 /// The largest size of `knob` whose plan fits `budget` (`None` when not even size 1 fits).
-pub fn largest_fitting(budget: u64, fixed: u64, knob: SizeKnob, c: &ModelConfig, layers: u64, lora_sites: &[(usize, usize)], experts: u64) -> Option<u64> {
+pub fn largest_fitting(
+    budget: u64,
+    fixed: u64,
+    knob: SizeKnob,
+    c: &ModelConfig,
+    layers: u64,
+    lora_sites: &[(usize, usize)],
+    experts: u64,
+) -> Option<u64> {
     let cost = |size: u64| {
         let (a, o, _) = adapter_bytes(knob, size, c, layers, lora_sites, experts);
         fixed + a + o

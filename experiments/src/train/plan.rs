@@ -159,7 +159,21 @@ impl TrainPlan {
         };
         let clip = (raw.optim.clip > 0.0).then_some(raw.optim.clip);
         let prefix_start = prefix_start(&raw, &layers)?;
-        Ok(Self { warmup: raw.optim.warmup, output_dir: raw.output_dir.clone(), raw, layers, method, adamw, decay, clip, length, loss_mask, budget, memory, prefix_start })
+        Ok(Self {
+            warmup: raw.optim.warmup,
+            output_dir: raw.output_dir.clone(),
+            raw,
+            layers,
+            method,
+            adamw,
+            decay,
+            clip,
+            length,
+            loss_mask,
+            budget,
+            memory,
+            prefix_start,
+        })
     }
 }
 
@@ -185,9 +199,11 @@ fn optimizer(raw: &RawConfig) -> Result<AdamWConfig, ConfigError> {
     }
     let adamw = AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay, ..AdamWConfig::default() };
     adamw.validate().map_err(|e| match e {
-        OptimError::InvalidConfig { field, value, expected } => {
-            invalid(&format!("optim.{field}"), format!("= {value} is not {expected}"), "use the paper's AdamW: beta1 0.9, beta2 0.999, eps 1e-8, weight_decay 0")
-        }
+        OptimError::InvalidConfig { field, value, expected } => invalid(
+            &format!("optim.{field}"),
+            format!("= {value} is not {expected}"),
+            "use the paper's AdamW: beta1 0.9, beta2 0.999, eps 1e-8, weight_decay 0",
+        ),
         other => invalid("optim", other.to_string(), "fix the AdamW settings"),
     })?;
     Ok(adamw)
@@ -233,7 +249,14 @@ pub fn parse_layers(text: &str, n: usize) -> Result<Vec<usize>, ConfigError> {
     Ok(range.collect())
 }
 
-fn method_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWConfig, s: &Shape, budget: Option<u64>) -> Result<(MethodPlan, MemoryPlan), ConfigError> {
+fn method_plan(
+    raw: &RawConfig,
+    c: &ModelConfig,
+    layers: &[usize],
+    adamw: AdamWConfig,
+    s: &Shape,
+    budget: Option<u64>,
+) -> Result<(MethodPlan, MemoryPlan), ConfigError> {
     let l = layers.len() as u64;
     match raw.method {
         MethodKind::None => Ok((MethodPlan::None, MemoryPlan::new(c, s, None, &[], 0, 0))),
@@ -255,7 +278,11 @@ fn method_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWC
             let sites = r.targets.iter().map(|t| parse_site(t)).collect::<Result<Vec<_>, _>>()?;
             let cfg = LoraConfig { rank: r.rank, alpha: r.alpha, dropout: r.dropout, sites, layers: layers.to_vec() };
             if cfg.rank == 0 || !(0.0..1.0).contains(&cfg.dropout) || cfg.sites.is_empty() {
-                return Err(invalid("lora.rank", format!("rank {}, dropout {}, {} targets", r.rank, r.dropout, r.targets.len()), "rank ≥ 1, dropout in [0, 1), at least one target"));
+                return Err(invalid(
+                    "lora.rank",
+                    format!("rank {}, dropout {}, {} targets", r.rank, r.dropout, r.targets.len()),
+                    "rank ≥ 1, dropout in [0, 1), at least one target",
+                ));
             }
             let dims: Vec<_> = cfg.sites.iter().map(|&site| site_dims(c, site)).collect();
             let mem = MemoryPlan::new(c, s, Some((SizeKnob::LoraRank, r.rank as u64)), &dims, 0, 0);
@@ -282,7 +309,15 @@ fn method_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWC
     }
 }
 
-fn meft_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWConfig, s: &Shape, budget: Option<u64>, l: u64) -> Result<(MethodPlan, MemoryPlan), ConfigError> {
+fn meft_plan(
+    raw: &RawConfig,
+    c: &ModelConfig,
+    layers: &[usize],
+    adamw: AdamWConfig,
+    s: &Shape,
+    budget: Option<u64>,
+    l: u64,
+) -> Result<(MethodPlan, MemoryPlan), ConfigError> {
     let r = &raw.meft;
     let m = r.neurons;
     if m == 0 {
@@ -298,7 +333,11 @@ fn meft_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWCon
     };
     if !m.is_multiple_of(experts) {
         let near: Vec<usize> = (m.saturating_sub(4 * experts)..=m + 4 * experts).filter(|v| *v > 0 && v % experts == 0).take(6).collect();
-        return Err(invalid("meft.experts", format!("N = {experts} does not divide M = {m}"), format!("pick M among {near:?} or set meft.experts to a divisor of M")));
+        return Err(invalid(
+            "meft.experts",
+            format!("N = {experts} does not divide M = {m}"),
+            format!("pick M among {near:?} or set meft.experts to a divisor of M"),
+        ));
     }
     if r.top_p == 0 || r.top_p > experts {
         return Err(invalid("meft.top_p", format!("P = {} is outside 1..={experts} (N)", r.top_p), "probe fewer experts"));
@@ -311,7 +350,8 @@ fn meft_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWCon
     let scoring = if pick("meft.scoring", &r.scoring, "gated", "plain")? { Scoring::Gated } else { Scoring::Plain };
     let evaluation = if pick("meft.evaluation", &r.evaluation, "per_token", "union")? { Evaluation::PerToken } else { Evaluation::Union };
     let host_optimizer = if pick("meft.host_optimizer", &r.host_optimizer, "dense", "lazy")? { HostOptimizer::Dense } else { HostOptimizer::Lazy };
-    let config = MeftConfig { hidden: c.hidden_size, neurons: m, experts, top_k: r.top_k, top_p: r.top_p, scoring, evaluation, host_optimizer, adamw };
+    let config =
+        MeftConfig { hidden: c.hidden_size, neurons: m, experts, top_k: r.top_k, top_p: r.top_p, scoring, evaluation, host_optimizer, adamw };
     let tokens = s.micro * s.max_length;
     let capacity = match (r.capacity, budget) {
         (0, None) => m.min(tokens * r.top_k),
@@ -320,7 +360,13 @@ fn meft_plan(raw: &RawConfig, c: &ModelConfig, layers: &[usize], adamw: AdamWCon
             memory::largest_fitting(b, fixed, SizeKnob::MeftCapacity, c, l, &[], experts as u64)
                 .map(|cap| (cap as usize).min(m).min(tokens * r.top_k))
                 .filter(|&cap| cap >= r.top_k)
-                .ok_or_else(|| invalid("device.budget", format!("{b} bytes leave no room for {} working-set rows per layer", r.top_k), "raise the budget or lower micro-batch / max_length"))?
+                .ok_or_else(|| {
+                    invalid(
+                        "device.budget",
+                        format!("{b} bytes leave no room for {} working-set rows per layer", r.top_k),
+                        "raise the budget or lower micro-batch / max_length",
+                    )
+                })?
         }
         (cap, _) if cap > m => return Err(invalid("meft.capacity", format!("C = {cap} > M = {m}"), "use C ≤ M, or 0 to fit the budget")),
         (cap, _) => cap,

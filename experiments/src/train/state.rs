@@ -96,10 +96,7 @@ impl StateMap {
                 (n.clone(), dtype, shape, t.bytes())
             })
             .collect();
-        let views = bytes
-            .iter()
-            .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let views = bytes.iter().map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?))).collect::<Result<Vec<_>>>()?;
         Ok(safetensors::serialize(views, Some(metadata))?)
     }
 
@@ -111,10 +108,9 @@ impl StateMap {
             let shape = view.shape().to_vec();
             let t = match view.dtype() {
                 Dtype::F32 => StateTensor::F32(view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), shape),
-                Dtype::U64 => StateTensor::U64(
-                    view.data().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
-                    shape,
-                ),
+                Dtype::U64 => {
+                    StateTensor::U64(view.data().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(), shape)
+                }
                 d => bail!("tensor `{name}` has dtype {d:?}; only F32 and U64 are written by meft"),
             };
             map.insert(name, t);

@@ -164,7 +164,8 @@ impl Trainer {
             Length::Epochs(e) => e * per_epoch.max(1),
         };
         let train_lens = data.train.iter().map(|s| s.tokens.len()).collect();
-        let mut t = Self { plan, model, adapter, device, data, prefix, total_steps, step: 0, pos: DataPosition::default(), last_eval: None, train_lens };
+        let mut t =
+            Self { plan, model, adapter, device, data, prefix, total_steps, step: 0, pos: DataPosition::default(), last_eval: None, train_lens };
         t.resume()?;
         Ok(t)
     }
@@ -363,7 +364,12 @@ impl Trainer {
     /// sequence lengths, in order.
     pub fn ffn_inputs(&self, layers: &[usize], count: usize) -> Result<(Vec<Vec<f32>>, Vec<usize>)> {
         let seqs = &self.data.train[..count.min(self.data.train.len())];
-        let recorder = Recording { inner: self.adapter.hook(), layers: layers.to_vec(), lens: std::sync::Mutex::default(), seen: std::sync::Mutex::new(vec![Vec::new(); layers.len()]) };
+        let recorder = Recording {
+            inner: self.adapter.hook(),
+            layers: layers.to_vec(),
+            lens: std::sync::Mutex::default(),
+            seen: std::sync::Mutex::new(vec![Vec::new(); layers.len()]),
+        };
         let batch = match self.plan.raw.batch.eval_micro {
             0 => self.plan.raw.batch.micro,
             n => n,

@@ -17,9 +17,7 @@ fn oob(what: &str, pos: usize, len: usize) -> String {
 }
 
 fn bytes<'a>(buf: &'a [u8], pos: usize, n: usize, what: &str) -> Result<&'a [u8], String> {
-    pos.checked_add(n)
-        .and_then(|end| buf.get(pos..end))
-        .ok_or_else(|| oob(what, pos, buf.len()))
+    pos.checked_add(n).and_then(|end| buf.get(pos..end)).ok_or_else(|| oob(what, pos, buf.len()))
 }
 
 fn u16_at(buf: &[u8], pos: usize) -> Result<u16, String> {
@@ -35,24 +33,19 @@ fn u32_at(buf: &[u8], pos: usize) -> Result<u32, String> {
 /// Follows the unsigned offset stored at `pos`.
 fn follow(buf: &[u8], pos: usize) -> Result<usize, String> {
     let off = u32_at(buf, pos)? as usize;
-    pos.checked_add(off)
-        .ok_or_else(|| oob("offset", pos, buf.len()))
+    pos.checked_add(off).ok_or_else(|| oob("offset", pos, buf.len()))
 }
 
 impl<'a> Table<'a> {
     /// The root table of a finished flatbuffer.
     pub(crate) fn root(buf: &'a [u8]) -> Result<Self, String> {
-        Ok(Table {
-            buf,
-            pos: follow(buf, 0)?,
-        })
+        Ok(Table { buf, pos: follow(buf, 0)? })
     }
 
     /// Position of field `slot` inside the buffer, if present.
     fn field(&self, slot: usize) -> Result<Option<usize>, String> {
         let soff = i64::from(u32_at(self.buf, self.pos)? as i32);
-        let vt = usize::try_from(self.pos as i64 - soff)
-            .map_err(|_| oob("vtable", self.pos, self.buf.len()))?;
+        let vt = usize::try_from(self.pos as i64 - soff).map_err(|_| oob("vtable", self.pos, self.buf.len()))?;
         let vt_len = usize::from(u16_at(self.buf, vt)?);
         let entry = 4 + 2 * slot;
         if entry + 2 > vt_len {
@@ -100,10 +93,7 @@ impl<'a> Table<'a> {
     pub(crate) fn table(&self, slot: usize) -> Result<Option<Table<'a>>, String> {
         match self.field(slot)? {
             None => Ok(None),
-            Some(p) => Ok(Some(Table {
-                buf: self.buf,
-                pos: follow(self.buf, p)?,
-            })),
+            Some(p) => Ok(Some(Table { buf: self.buf, pos: follow(self.buf, p)? })),
         }
     }
 
@@ -113,9 +103,7 @@ impl<'a> Table<'a> {
             return Ok(None);
         };
         let raw = bytes(self.buf, start, len, "string")?;
-        std::str::from_utf8(raw)
-            .map(Some)
-            .map_err(|e| format!("corrupt metadata: string is not UTF-8: {e}"))
+        std::str::from_utf8(raw).map(Some).map_err(|e| format!("corrupt metadata: string is not UTF-8: {e}"))
     }
 
     /// `(first element position, element count)` of a vector field.
@@ -134,14 +122,7 @@ impl<'a> Table<'a> {
         let Some((start, len)) = self.vector(slot)? else {
             return Ok(Vec::new());
         };
-        (0..len)
-            .map(|i| {
-                Ok(Table {
-                    buf: self.buf,
-                    pos: follow(self.buf, start + 4 * i)?,
-                })
-            })
-            .collect()
+        (0..len).map(|i| Ok(Table { buf: self.buf, pos: follow(self.buf, start + 4 * i)? })).collect()
     }
 
     /// The raw bytes of a vector of fixed-size structs (`size` bytes each; empty when absent).
@@ -149,9 +130,7 @@ impl<'a> Table<'a> {
         let Some((start, len)) = self.vector(slot)? else {
             return Ok(&[]);
         };
-        let n = len
-            .checked_mul(size)
-            .ok_or_else(|| oob("struct vector", start, self.buf.len()))?;
+        let n = len.checked_mul(size).ok_or_else(|| oob("struct vector", start, self.buf.len()))?;
         bytes(self.buf, start, n, "struct vector")
     }
 }

@@ -207,7 +207,11 @@ mod tests {
         let var = Var::from_slice(&init, (5, 8), &Device::Cpu).unwrap();
         let mut opt = DeviceAdamW::new(cfg, [var.clone()]).unwrap();
         assert!(matches!(opt.slots[0].moments, Moments::Host(_)), "a CPU f32 parameter takes the fused path");
-        let (mut p, mut m, mut v) = (Tensor::from_slice(&init, (5, 8), &Device::Cpu).unwrap(), Tensor::zeros((5, 8), DType::F32, &Device::Cpu).unwrap(), Tensor::zeros((5, 8), DType::F32, &Device::Cpu).unwrap());
+        let (mut p, mut m, mut v) = (
+            Tensor::from_slice(&init, (5, 8), &Device::Cpu).unwrap(),
+            Tensor::zeros((5, 8), DType::F32, &Device::Cpu).unwrap(),
+            Tensor::zeros((5, 8), DType::F32, &Device::Cpu).unwrap(),
+        );
         for step in 1..=4u64 {
             let g: Vec<f32> = (0..40).map(|i| ((i * 7 + step as usize) as f32 * 0.11).cos()).collect();
             let g = Tensor::from_vec(g, (5, 8), &Device::Cpu).unwrap();

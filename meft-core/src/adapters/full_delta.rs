@@ -22,7 +22,7 @@ use std::sync::{Arc, RwLock};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, Var};
 
 use super::{Phase, Trainable};
-use crate::bf16::{matmul_tn, Bf16Weight, Dst, FrozenPrecision};
+use crate::bf16::{Bf16Weight, Dst, FrozenPrecision, matmul_tn};
 use crate::{AdapterHook, LinearSite};
 
 /// Full-size updates of the projections `sites` of `layers`.
@@ -64,9 +64,9 @@ impl FullDelta {
     pub fn set_phase(&self, phase: Phase) {
         let snapshot = match phase {
             Phase::Train => None,
-            Phase::Eval if self.uses_bf16() => {
-                Some(self.deltas.iter().map(|(_, _, v)| Bf16Weight::new(&v.as_tensor().detach()).map(Arc::new)).collect::<Result<_>>().unwrap_or_default())
-            }
+            Phase::Eval if self.uses_bf16() => Some(
+                self.deltas.iter().map(|(_, _, v)| Bf16Weight::new(&v.as_tensor().detach()).map(Arc::new)).collect::<Result<_>>().unwrap_or_default(),
+            ),
             Phase::Eval => Some(Vec::new()),
         };
         *self.eval.write().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;

@@ -78,18 +78,9 @@ fn dropout_mask(seed: u64, call: u64, n: usize, keep: f64) -> Vec<f32> {
 
 impl LoraAdapter {
     /// Fresh adapters; `dims(site)` gives the projection's `(in, out)` features.
-    pub fn new(
-        cfg: LoraConfig,
-        dims: &dyn Fn(LinearSite) -> (usize, usize),
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(cfg: LoraConfig, dims: &dyn Fn(LinearSite) -> (usize, usize), dtype: DType, device: &Device) -> Result<Self> {
         if cfg.rank == 0 || !(0.0..1.0).contains(&cfg.dropout) {
-            candle_core::bail!(
-                "LoRA config: rank must be ≥ 1 (got {}) and dropout in [0, 1) (got {})",
-                cfg.rank,
-                cfg.dropout
-            );
+            candle_core::bail!("LoRA config: rank must be ≥ 1 (got {}) and dropout in [0, 1) (got {})", cfg.rank, cfg.dropout);
         }
         let mut pairs = Vec::new();
         for &layer in &cfg.layers {

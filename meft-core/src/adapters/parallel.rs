@@ -73,10 +73,7 @@ pub struct ParallelAdapter {
 impl ParallelAdapter {
     /// Freshly initialised adapters with `m` neurons on each layer in `layers`.
     pub fn new(layers: &[usize], m: usize, d: usize, act: Activation, dtype: DType, device: &Device) -> Result<Self> {
-        let layers = layers
-            .iter()
-            .map(|&l| Ok((l, ParallelAdapterLayer::init(m, d, dtype, device)?)))
-            .collect::<Result<_>>()?;
+        let layers = layers.iter().map(|&l| Ok((l, ParallelAdapterLayer::init(m, d, dtype, device)?))).collect::<Result<_>>()?;
         Ok(Self { act, layers })
     }
 
@@ -115,10 +112,7 @@ impl Trainable for ParallelAdapter {
         self.layers
             .iter()
             .flat_map(|(l, p)| {
-                [
-                    (format!("layers.{l}.ffn_adapter.keys"), p.keys.clone()),
-                    (format!("layers.{l}.ffn_adapter.values"), p.values.clone()),
-                ]
+                [(format!("layers.{l}.ffn_adapter.keys"), p.keys.clone()), (format!("layers.{l}.ffn_adapter.values"), p.values.clone())]
             })
             .collect()
     }

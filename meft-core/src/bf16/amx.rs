@@ -362,4 +362,3 @@ unsafe fn tiles_1x2(a: *const Line, a_stride: usize, b0: *const Line, b1: *const
         );
     }
 }
-

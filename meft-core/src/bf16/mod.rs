@@ -13,12 +13,12 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{bail, CpuStorage, Result, Storage, Tensor, TensorId};
+use candle_core::{CpuStorage, Result, Storage, Tensor, TensorId, bail};
 
 mod amx;
 
-pub use amx::available as amx_available;
 use amx::Panels;
+pub use amx::available as amx_available;
 
 /// What a product does with the destination's previous contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,7 @@ use super::kernel::{Coeffs, STREAM_CHUNK, SimdLevel, first_non_finite, update_sp
 use super::{AdamWBuffers, AdamWConfig, FiniteCheck, OptimError, StepOutcome};
 
 /// Validates and, under [`FiniteCheck::Scan`], scans the gradients. `Some(outcome)` means stop.
-fn prepare(
-    cfg: &AdamWConfig,
-    step: u64,
-    bufs: &AdamWBuffers<'_>,
-) -> Result<Option<StepOutcome>, OptimError> {
+fn prepare(cfg: &AdamWConfig, step: u64, bufs: &AdamWBuffers<'_>) -> Result<Option<StepOutcome>, OptimError> {
     cfg.validate()?;
     if step == 0 {
         return Err(OptimError::StepZero);
@@ -35,22 +31,13 @@ fn prepare(
 /// # Errors
 /// Invalid config, `step == 0`, or buffers of different lengths. A non-finite gradient is not an
 /// error: see [`StepOutcome::SkippedNonFinite`] and [`FiniteCheck`].
-pub fn adamw_dense(
-    cfg: &AdamWConfig,
-    step: u64,
-    bufs: AdamWBuffers<'_>,
-) -> Result<StepOutcome, OptimError> {
+pub fn adamw_dense(cfg: &AdamWConfig, step: u64, bufs: AdamWBuffers<'_>) -> Result<StepOutcome, OptimError> {
     if let Some(skipped) = prepare(cfg, step, &bufs)? {
         return Ok(skipped);
     }
     let c = Coeffs::new(cfg, step);
     let level = SimdLevel::detect();
-    let AdamWBuffers {
-        params,
-        grads,
-        m,
-        v,
-    } = bufs;
+    let AdamWBuffers { params, grads, m, v } = bufs;
     if params.len() < 2 * STREAM_CHUNK {
         update_span(level, &c, params, grads, m, v);
     } else {
@@ -68,33 +55,17 @@ pub fn adamw_dense(
 ///
 /// Same checks and outcome rules; results agree with the fast path to
 /// [`super::FAST_VS_SLOW_REL_TOL`] per step.
-pub fn adamw_dense_slow(
-    cfg: &AdamWConfig,
-    step: u64,
-    bufs: AdamWBuffers<'_>,
-) -> Result<StepOutcome, OptimError> {
+pub fn adamw_dense_slow(cfg: &AdamWConfig, step: u64, bufs: AdamWBuffers<'_>) -> Result<StepOutcome, OptimError> {
     if let Some(skipped) = prepare(cfg, step, &bufs)? {
         return Ok(skipped);
     }
-    let AdamWBuffers {
-        params,
-        grads,
-        m,
-        v,
-    } = bufs;
+    let AdamWBuffers { params, grads, m, v } = bufs;
     reference_update(cfg, step, params, grads, m, v);
     Ok(StepOutcome::Applied)
 }
 
 /// The plain PyTorch sequence of tensor ops, element by element (shared with the lazy reference).
-pub(super) fn reference_update(
-    cfg: &AdamWConfig,
-    step: u64,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-) {
+pub(super) fn reference_update(cfg: &AdamWConfig, step: u64, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     let bias_correction1 = 1.0 - cfg.beta1.powf(step as f64);
     let bias_correction2 = 1.0 - cfg.beta2.powf(step as f64);
     let step_size = (cfg.lr / bias_correction1) as f32;

@@ -128,14 +128,7 @@ impl SimdLevel {
 }
 
 /// Updates one span in place at the given level. All slices must have `p.len()` elements or more.
-pub(crate) fn update_span(
-    level: SimdLevel,
-    c: &Coeffs,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-) {
+pub(crate) fn update_span(level: SimdLevel, c: &Coeffs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     match level {
         // SAFETY: `Avx512` is only produced by `detect`/`available` after the CPU reported AVX-512F.
         #[cfg(target_arch = "x86_64")]
@@ -155,8 +148,7 @@ pub(crate) const STREAM_CHUNK: usize = 1 << 15;
 /// A branch-free max reduction, so it vectorises.
 #[inline(always)]
 fn max_abs_bits_generic(x: &[f32]) -> u32 {
-    x.iter()
-        .fold(0u32, |acc, v| acc.max(v.to_bits() & 0x7fff_ffff))
+    x.iter().fold(0u32, |acc, v| acc.max(v.to_bits() & 0x7fff_ffff))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -192,11 +184,8 @@ fn chunk_has_non_finite(level: SimdLevel, x: &[f32]) -> bool {
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
     let level = SimdLevel::detect();
     let has_bad = |c: &[f32]| chunk_has_non_finite(level, c);
-    let chunk = if x.len() >= 4 * STREAM_CHUNK {
-        x.par_chunks(STREAM_CHUNK).position_first(has_bad)
-    } else {
-        x.chunks(STREAM_CHUNK).position(has_bad)
-    }?;
+    let chunk =
+        if x.len() >= 4 * STREAM_CHUNK { x.par_chunks(STREAM_CHUNK).position_first(has_bad) } else { x.chunks(STREAM_CHUNK).position(has_bad) }?;
     let start = chunk * STREAM_CHUNK;
     let offset = x[start..].iter().position(|v| !v.is_finite())?;
     Some(start + offset)
@@ -207,19 +196,13 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
     #[test]
     fn every_simd_level_is_bit_identical() {
-        let cfg = AdamWConfig {
-            lr: 1e-2,
-            weight_decay: 0.1,
-            ..Default::default()
-        };
+        let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() };
         let c = Coeffs::new(&cfg, 3);
         let mut seed = 7;
         for n in [0, 1, 7, 15, 16, 17, 33, 1000, 1023] {
@@ -235,12 +218,7 @@ mod tests {
                 results.push((level, bits(&p), bits(&m), bits(&v)));
             }
             for r in &results[1..] {
-                assert_eq!(
-                    (&r.1, &r.2, &r.3),
-                    (&results[0].1, &results[0].2, &results[0].3),
-                    "{:?} n={n}",
-                    r.0
-                );
+                assert_eq!((&r.1, &r.2, &r.3), (&results[0].1, &results[0].2, &results[0].3), "{:?} n={n}", r.0);
             }
         }
     }
@@ -254,42 +232,19 @@ mod tests {
                 continue;
             }
             let mut first = usize::MAX;
-            for (pos, bad) in [
-                (n - 1, f32::NAN),
-                (n / 2, f32::INFINITY),
-                (n / 3, f32::NEG_INFINITY),
-            ] {
+            for (pos, bad) in [(n - 1, f32::NAN), (n / 2, f32::INFINITY), (n / 3, f32::NEG_INFINITY)] {
                 x[pos] = bad;
                 first = first.min(pos);
                 assert_eq!(first_non_finite(&x), Some(first), "n={n} pos={pos}");
             }
         }
-        assert_eq!(
-            first_non_finite(&[f32::MAX, f32::MIN_POSITIVE, -0.0, 1e-45]),
-            None
-        );
+        assert_eq!(first_non_finite(&[f32::MAX, f32::MIN_POSITIVE, -0.0, 1e-45]), None);
     }
 
     #[test]
     fn every_level_classifies_special_values() {
-        let finite = [
-            0.0f32,
-            -0.0,
-            1e-45,
-            -1e-45,
-            f32::MIN_POSITIVE,
-            f32::MAX,
-            f32::MIN,
-            1.0,
-        ];
-        let bad = [
-            f32::NAN,
-            -f32::NAN,
-            f32::from_bits(0x7f80_0001),
-            f32::from_bits(0xffc0_1234),
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-        ];
+        let finite = [0.0f32, -0.0, 1e-45, -1e-45, f32::MIN_POSITIVE, f32::MAX, f32::MIN, 1.0];
+        let bad = [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0xffc0_1234), f32::INFINITY, f32::NEG_INFINITY];
         for level in SimdLevel::available() {
             for len in [1usize, 15, 16, 17, 64, 100] {
                 let mut x: Vec<f32> = (0..len).map(|i| finite[i % finite.len()]).collect();
@@ -297,11 +252,7 @@ mod tests {
                 for b in bad {
                     let keep = x[len - 1];
                     x[len - 1] = b;
-                    assert!(
-                        chunk_has_non_finite(level, &x),
-                        "{level:?} len {len} {:#x}",
-                        b.to_bits()
-                    );
+                    assert!(chunk_has_non_finite(level, &x), "{level:?} len {len} {:#x}", b.to_bits());
                     x[len - 1] = keep;
                 }
             }

@@ -18,11 +18,7 @@ fn prepare(
     cfg.validate()?;
     let n_rows = rows::n_rows("params", bufs.checked_len()?, row_len)?;
     if row_steps.len() != n_rows {
-        return Err(OptimError::LengthMismatch {
-            field: "row_steps",
-            expected: n_rows,
-            got: row_steps.len(),
-        });
+        return Err(OptimError::LengthMismatch { field: "row_steps", expected: n_rows, got: row_steps.len() });
     }
     rows::check_increasing(touched, n_rows)?;
     if cfg.finite_check == FiniteCheck::Scan {
@@ -56,24 +52,7 @@ impl SplitRows for LazyView<'_> {
         let (v0, v1) = self.v.split_at_mut(at);
         let (s0, s1) = self.steps.split_at_mut(rows);
         let row_len = self.row_len;
-        (
-            Self {
-                p: p0,
-                g: g0,
-                m: m0,
-                v: v0,
-                steps: s0,
-                row_len,
-            },
-            Self {
-                p: p1,
-                g: g1,
-                m: m1,
-                v: v1,
-                steps: s1,
-                row_len,
-            },
-        )
+        (Self { p: p0, g: g0, m: m0, v: v0, steps: s0, row_len }, Self { p: p1, g: g1, m: m1, v: v1, steps: s1, row_len })
     }
 }
 
@@ -99,20 +78,8 @@ pub fn adamw_lazy_rows(
         return Ok(skipped);
     }
     let level = SimdLevel::detect();
-    let AdamWBuffers {
-        params,
-        grads,
-        m,
-        v,
-    } = bufs;
-    let view = LazyView {
-        p: params,
-        g: grads,
-        m,
-        v,
-        steps: row_steps,
-        row_len,
-    };
+    let AdamWBuffers { params, grads, m, v } = bufs;
+    let view = LazyView { p: params, g: grads, m, v, steps: row_steps, row_len };
     let leaf = |ids: &[u32], first_row: usize, view: LazyView<'_>| {
         for &id in ids {
             let row = id as usize - first_row;
@@ -120,14 +87,7 @@ pub fn adamw_lazy_rows(
             view.steps[row] += 1;
             let c = Coeffs::new(cfg, view.steps[row]);
             let (p, g) = (&mut view.p[span.clone()], &view.g[span.clone()]);
-            update_span(
-                level,
-                &c,
-                p,
-                g,
-                &mut view.m[span.clone()],
-                &mut view.v[span],
-            );
+            update_span(level, &c, p, g, &mut view.m[span.clone()], &mut view.v[span]);
         }
     };
     for_disjoint_rows(touched, 0, row_len, view, &leaf);
@@ -145,12 +105,7 @@ pub fn adamw_lazy_rows_slow(
     if let Some(skipped) = prepare(cfg, row_len, touched, &bufs, row_steps)? {
         return Ok(skipped);
     }
-    let AdamWBuffers {
-        params,
-        grads,
-        m,
-        v,
-    } = bufs;
+    let AdamWBuffers { params, grads, m, v } = bufs;
     for &id in touched {
         let r = id as usize;
         let span = r * row_len..(r + 1) * row_len;

@@ -57,27 +57,14 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// The paper's settings (spec §8): lr 1e-4, β (0.9, 0.999), eps 1e-8, no weight decay.
     fn default() -> Self {
-        Self {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            finite_check: FiniteCheck::Scan,
-        }
+        Self { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, finite_check: FiniteCheck::Scan }
     }
 }
 
 impl AdamWConfig {
     /// Checks every field; the error names the first bad field, its value and the accepted range.
     pub fn validate(&self) -> Result<(), OptimError> {
-        let bad = |field: &'static str, value: f64, expected: &'static str| {
-            Err(OptimError::InvalidConfig {
-                field,
-                value,
-                expected,
-            })
-        };
+        let bad = |field: &'static str, value: f64, expected: &'static str| Err(OptimError::InvalidConfig { field, value, expected });
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return bad("lr", self.lr, "a finite value >= 0");
         }
@@ -139,17 +126,9 @@ impl AdamWBuffers<'_> {
     /// Checks that `grads`, `m` and `v` are as long as `params`; returns that length.
     fn checked_len(&self) -> Result<usize, OptimError> {
         let n = self.params.len();
-        for (field, got) in [
-            ("grads", self.grads.len()),
-            ("m", self.m.len()),
-            ("v", self.v.len()),
-        ] {
+        for (field, got) in [("grads", self.grads.len()), ("m", self.m.len()), ("v", self.v.len())] {
             if got != n {
-                return Err(OptimError::LengthMismatch {
-                    field,
-                    expected: n,
-                    got,
-                });
+                return Err(OptimError::LengthMismatch { field, expected: n, got });
             }
         }
         Ok(n)
@@ -170,9 +149,7 @@ pub enum OptimError {
         expected: &'static str,
     },
     /// A buffer does not have the length of `params` (or `row_steps` not one entry per row).
-    #[error(
-        "AdamW: `{field}` has {got} elements but {expected} were expected; allocate it with the parameter layout"
-    )]
+    #[error("AdamW: `{field}` has {got} elements but {expected} were expected; allocate it with the parameter layout")]
     LengthMismatch {
         /// Which buffer.
         field: &'static str,
@@ -197,10 +174,7 @@ mod tests {
     fn default_config_is_valid_and_matches_paper() {
         let c = AdamWConfig::default();
         assert_eq!(c.validate(), Ok(()));
-        assert_eq!(
-            (c.lr, c.beta1, c.beta2, c.eps, c.weight_decay),
-            (1e-4, 0.9, 0.999, 1e-8, 0.0)
-        );
+        assert_eq!((c.lr, c.beta1, c.beta2, c.eps, c.weight_decay), (1e-4, 0.9, 0.999, 1e-8, 0.0));
     }
 
     #[test]
@@ -208,45 +182,15 @@ mod tests {
         let base = AdamWConfig::default();
         let cases = [
             ("lr", AdamWConfig { lr: -1e-3, ..base }),
-            (
-                "lr",
-                AdamWConfig {
-                    lr: f64::NAN,
-                    ..base
-                },
-            ),
+            ("lr", AdamWConfig { lr: f64::NAN, ..base }),
             ("beta1", AdamWConfig { beta1: 1.0, ..base }),
-            (
-                "beta1",
-                AdamWConfig {
-                    beta1: -0.1,
-                    ..base
-                },
-            ),
+            ("beta1", AdamWConfig { beta1: -0.1, ..base }),
             ("beta2", AdamWConfig { beta2: 1.5, ..base }),
-            (
-                "beta2",
-                AdamWConfig {
-                    beta2: f64::INFINITY,
-                    ..base
-                },
-            ),
+            ("beta2", AdamWConfig { beta2: f64::INFINITY, ..base }),
             ("eps", AdamWConfig { eps: 0.0, ..base }),
             ("eps", AdamWConfig { eps: -1e-8, ..base }),
-            (
-                "weight_decay",
-                AdamWConfig {
-                    weight_decay: -0.01,
-                    ..base
-                },
-            ),
-            (
-                "weight_decay",
-                AdamWConfig {
-                    weight_decay: f64::NAN,
-                    ..base
-                },
-            ),
+            ("weight_decay", AdamWConfig { weight_decay: -0.01, ..base }),
+            ("weight_decay", AdamWConfig { weight_decay: f64::NAN, ..base }),
         ];
         for (want, cfg) in cases {
             match cfg.validate() {
@@ -256,34 +200,16 @@ mod tests {
             let msg = cfg.validate().unwrap_err().to_string();
             assert!(msg.contains(want), "{msg}");
         }
-        assert_eq!(
-            AdamWConfig {
-                beta1: 0.0,
-                beta2: 0.0,
-                lr: 0.0,
-                ..base
-            }
-            .validate(),
-            Ok(())
-        );
+        assert_eq!(AdamWConfig { beta1: 0.0, beta2: 0.0, lr: 0.0, ..base }.validate(), Ok(()));
     }
 
     #[test]
     fn config_serde_round_trip_and_default_check() {
-        let c = AdamWConfig {
-            weight_decay: 0.01,
-            finite_check: FiniteCheck::Trusted,
-            ..Default::default()
-        };
+        let c = AdamWConfig { weight_decay: 0.01, finite_check: FiniteCheck::Trusted, ..Default::default() };
         let s = serde_json::to_string(&c).unwrap();
         assert!(s.contains("\"trusted\""), "{s}");
         assert_eq!(serde_json::from_str::<AdamWConfig>(&s).unwrap(), c);
         let no_check = r#"{"lr":0.001,"beta1":0.9,"beta2":0.999,"eps":1e-8,"weight_decay":0.0}"#;
-        assert_eq!(
-            serde_json::from_str::<AdamWConfig>(no_check)
-                .unwrap()
-                .finite_check,
-            FiniteCheck::Scan
-        );
+        assert_eq!(serde_json::from_str::<AdamWConfig>(no_check).unwrap().finite_check, FiniteCheck::Scan);
     }
 }

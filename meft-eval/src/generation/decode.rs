@@ -36,11 +36,7 @@ pub trait Stepper {
     /// [`Stepper::step`] of each alone would. The default steps them one at a time; a model
     /// overrides it to run the rows as one batch.
     fn step_many(&self, states: &mut [&mut Self::State], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        states
-            .iter_mut()
-            .zip(tokens)
-            .map(|(s, &t)| self.step(s, t))
-            .collect()
+        states.iter_mut().zip(tokens).map(|(s, &t)| self.step(s, t)).collect()
     }
 }
 
@@ -66,10 +62,7 @@ pub struct RepetitionPenalty {
 
 impl Default for RepetitionPenalty {
     fn default() -> Self {
-        Self {
-            penalty: 1.0,
-            scope: PenaltyScope::Sequence,
-        }
+        Self { penalty: 1.0, scope: PenaltyScope::Sequence }
     }
 }
 
@@ -89,11 +82,7 @@ impl RepetitionPenalty {
                 continue;
             };
             if !std::mem::replace(&mut done[t as usize], true) {
-                *z = if *z > 0.0 {
-                    *z / self.penalty
-                } else {
-                    *z * self.penalty
-                };
+                *z = if *z > 0.0 { *z / self.penalty } else { *z * self.penalty };
             }
         }
     }
@@ -132,18 +121,16 @@ impl DecodeConfig {
         let bad = |problem: String| Err(EvalError::Decode { problem });
         let p = self.repetition_penalty.penalty;
         if !(p.is_finite() && p > 0.0) {
-            return bad(format!(
-                "repetition penalty must be a finite number > 0, got {p}"
-            ));
+            return bad(format!("repetition penalty must be a finite number > 0, got {p}"));
         }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens must be at least 1".into());
         }
         match self.decoding {
             Decoding::Beam { width: 0, .. } => bad("beam width must be at least 1".into()),
-            Decoding::Beam { length_penalty, .. } if !length_penalty.is_finite() => bad(format!(
-                "length_penalty must be finite, got {length_penalty}"
-            )),
+            Decoding::Beam { length_penalty, .. } if !length_penalty.is_finite() => {
+                bad(format!("length_penalty must be finite, got {length_penalty}"))
+            }
             _ => Ok(()),
         }
     }
@@ -181,33 +168,18 @@ impl Decoded {
 }
 
 /// Decodes after `prompt` with `config`, stopping at any of `stop_tokens`.
-pub fn decode<S: Stepper>(
-    stepper: &S,
-    prompt: &[u32],
-    config: &DecodeConfig,
-    stop_tokens: &[u32],
-) -> Result<Decoded> {
+pub fn decode<S: Stepper>(stepper: &S, prompt: &[u32], config: &DecodeConfig, stop_tokens: &[u32]) -> Result<Decoded> {
     config.validate()?;
     match config.decoding {
         Decoding::Greedy => greedy(stepper, prompt, config, stop_tokens),
-        Decoding::Beam {
-            width,
-            length_penalty,
-        } => beam_search(stepper, prompt, config, stop_tokens, width, length_penalty),
+        Decoding::Beam { width, length_penalty } => beam_search(stepper, prompt, config, stop_tokens, width, length_penalty),
     }
 }
 
 /// `log_softmax` of the penalised logits, in f64; fails on NaN or empty logits.
-fn log_probs(
-    logits: &[f32],
-    penalty: &RepetitionPenalty,
-    prompt: &[u32],
-    generated: &[u32],
-) -> Result<Vec<f64>> {
+fn log_probs(logits: &[f32], penalty: &RepetitionPenalty, prompt: &[u32], generated: &[u32]) -> Result<Vec<f64>> {
     if logits.is_empty() || logits.iter().any(|z| z.is_nan()) {
-        return Err(EvalError::Decode {
-            problem: "the model returned empty or NaN logits".into(),
-        });
+        return Err(EvalError::Decode { problem: "the model returned empty or NaN logits".into() });
     }
     let mut z = logits.to_vec();
     penalty.apply(&mut z, prompt, generated);
@@ -217,18 +189,9 @@ fn log_probs(
 }
 
 /// Greedy decoding: the highest penalised logit at each step (ties: lowest id).
-pub fn greedy<S: Stepper>(
-    stepper: &S,
-    prompt: &[u32],
-    config: &DecodeConfig,
-    stop_tokens: &[u32],
-) -> Result<Decoded> {
+pub fn greedy<S: Stepper>(stepper: &S, prompt: &[u32], config: &DecodeConfig, stop_tokens: &[u32]) -> Result<Decoded> {
     let (mut state, mut logits) = stepper.start(prompt)?;
-    let mut out = Decoded {
-        tokens: Vec::new(),
-        stop: StopReason::MaxNewTokens,
-        log_prob: 0.0,
-    };
+    let mut out = Decoded { tokens: Vec::new(), stop: StopReason::MaxNewTokens, log_prob: 0.0 };
     while greedy_pick(&mut out, &logits, prompt, config, stop_tokens)? {
         logits = stepper.step(&mut state, *out.tokens.last().expect("a token was picked"))?;
     }
@@ -237,13 +200,7 @@ pub fn greedy<S: Stepper>(
 
 /// Appends the greedy choice of `logits` to `out`; returns whether decoding goes on (no stop
 /// token and fewer than `max_new_tokens` so far), in which case the choice must be fed next.
-fn greedy_pick(
-    out: &mut Decoded,
-    logits: &[f32],
-    prompt: &[u32],
-    config: &DecodeConfig,
-    stop_tokens: &[u32],
-) -> Result<bool> {
+fn greedy_pick(out: &mut Decoded, logits: &[f32], prompt: &[u32], config: &DecodeConfig, stop_tokens: &[u32]) -> Result<bool> {
     let lp = log_probs(logits, &config.repetition_penalty, prompt, &out.tokens)?;
     let mut best = 0;
     for (i, v) in lp.iter().enumerate() {
@@ -263,12 +220,7 @@ fn greedy_pick(
 
 /// [`greedy`] of every prompt, the unfinished ones stepped side by side with
 /// [`Stepper::step_many`]; the answers are [`greedy`]'s of each prompt alone.
-pub fn greedy_many<S: Stepper>(
-    stepper: &S,
-    prompts: &[Vec<u32>],
-    config: &DecodeConfig,
-    stop_tokens: &[u32],
-) -> Result<Vec<Decoded>> {
+pub fn greedy_many<S: Stepper>(stepper: &S, prompts: &[Vec<u32>], config: &DecodeConfig, stop_tokens: &[u32]) -> Result<Vec<Decoded>> {
     config.validate()?;
     let mut states = Vec::with_capacity(prompts.len());
     let mut logits = Vec::with_capacity(prompts.len());
@@ -277,14 +229,7 @@ pub fn greedy_many<S: Stepper>(
         states.push(state);
         logits.push(first);
     }
-    let mut outs: Vec<Decoded> = prompts
-        .iter()
-        .map(|_| Decoded {
-            tokens: Vec::new(),
-            stop: StopReason::MaxNewTokens,
-            log_prob: 0.0,
-        })
-        .collect();
+    let mut outs: Vec<Decoded> = prompts.iter().map(|_| Decoded { tokens: Vec::new(), stop: StopReason::MaxNewTokens, log_prob: 0.0 }).collect();
     let mut live: Vec<usize> = (0..prompts.len()).collect();
     while !live.is_empty() {
         let mut going = Vec::with_capacity(live.len());
@@ -297,16 +242,8 @@ pub fn greedy_many<S: Stepper>(
         if live.is_empty() {
             break;
         }
-        let fed: Vec<u32> = live
-            .iter()
-            .map(|&i| *outs[i].tokens.last().expect("picked"))
-            .collect();
-        let mut refs: Vec<&mut S::State> = states
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| live.binary_search(i).is_ok())
-            .map(|(_, s)| s)
-            .collect();
+        let fed: Vec<u32> = live.iter().map(|&i| *outs[i].tokens.last().expect("picked")).collect();
+        let mut refs: Vec<&mut S::State> = states.iter_mut().enumerate().filter(|(i, _)| live.binary_search(i).is_ok()).map(|(_, s)| s).collect();
         for (&i, next) in live.iter().zip(stepper.step_many(&mut refs, &fed)?) {
             logits[i] = next;
         }
@@ -330,28 +267,13 @@ struct Beam<T> {
 type Candidate = (f64, usize, u32);
 
 /// Candidates of all beams in rank order, at most `keep` of them (the best).
-fn ranked<T>(
-    beams: &[Beam<T>],
-    config: &DecodeConfig,
-    prompt: &[u32],
-    keep: usize,
-) -> Result<Vec<Candidate>> {
+fn ranked<T>(beams: &[Beam<T>], config: &DecodeConfig, prompt: &[u32], keep: usize) -> Result<Vec<Candidate>> {
     let mut all = Vec::new();
     for (b, beam) in beams.iter().enumerate() {
-        let lp = log_probs(
-            &beam.logits,
-            &config.repetition_penalty,
-            prompt,
-            &beam.tokens,
-        )?;
-        all.extend(
-            lp.iter()
-                .enumerate()
-                .map(|(t, v)| (beam.sum + v, b, t as u32)),
-        );
+        let lp = log_probs(&beam.logits, &config.repetition_penalty, prompt, &beam.tokens)?;
+        all.extend(lp.iter().enumerate().map(|(t, v)| (beam.sum + v, b, t as u32)));
     }
-    let order =
-        |a: &Candidate, b: &Candidate| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)));
+    let order = |a: &Candidate, b: &Candidate| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)));
     if all.len() > keep {
         all.select_nth_unstable_by(keep - 1, order);
         all.truncate(keep);
@@ -370,12 +292,7 @@ pub fn beam_search<S: Stepper>(
     length_penalty: f64,
 ) -> Result<Decoded> {
     let (state, logits) = stepper.start(prompt)?;
-    let mut live = vec![Beam {
-        tokens: Vec::new(),
-        sum: 0.0,
-        state,
-        logits,
-    }];
+    let mut live = vec![Beam { tokens: Vec::new(), sum: 0.0, state, logits }];
     let mut finished: Vec<Decoded> = Vec::new();
     for step in 0..config.max_new_tokens {
         // A rank-`width` window holds `width` live beams plus every stop candidate before them.
@@ -387,11 +304,7 @@ pub fn beam_search<S: Stepper>(
                 if rank < width {
                     let mut tokens = live[b].tokens.clone();
                     tokens.push(token);
-                    finished.push(Decoded {
-                        tokens,
-                        stop: StopReason::StopToken,
-                        log_prob: sum,
-                    });
+                    finished.push(Decoded { tokens, stop: StopReason::StopToken, log_prob: sum });
                 }
             } else if chosen.len() < width {
                 chosen.push(cand);
@@ -406,11 +319,7 @@ pub fn beam_search<S: Stepper>(
             let mut tokens = live[b].tokens.clone();
             tokens.push(token);
             if last {
-                finished.push(Decoded {
-                    tokens,
-                    stop: StopReason::MaxNewTokens,
-                    log_prob: sum,
-                });
+                finished.push(Decoded { tokens, stop: StopReason::MaxNewTokens, log_prob: sum });
             } else {
                 grown.push((tokens, sum, live[b].state.clone(), token));
             }
@@ -425,10 +334,7 @@ pub fn beam_search<S: Stepper>(
 
 /// The beams `(tokens, sum, state before the last token, last token)`, their last tokens fed
 /// side by side with [`Stepper::step_many`].
-fn step_beams<S: Stepper>(
-    stepper: &S,
-    grown: Vec<(Vec<u32>, f64, S::State, u32)>,
-) -> Result<Vec<Beam<S::State>>> {
+fn step_beams<S: Stepper>(stepper: &S, grown: Vec<(Vec<u32>, f64, S::State, u32)>) -> Result<Vec<Beam<S::State>>> {
     if grown.is_empty() {
         return Ok(Vec::new());
     }
@@ -441,17 +347,7 @@ fn step_beams<S: Stepper>(
     }
     let mut refs: Vec<&mut S::State> = states.iter_mut().collect();
     let logits = stepper.step_many(&mut refs, &fed)?;
-    Ok(heads
-        .into_iter()
-        .zip(states)
-        .zip(logits)
-        .map(|(((tokens, sum), state), logits)| Beam {
-            tokens,
-            sum,
-            state,
-            logits,
-        })
-        .collect())
+    Ok(heads.into_iter().zip(states).zip(logits).map(|(((tokens, sum), state), logits)| Beam { tokens, sum, state, logits }).collect())
 }
 
 /// The hypothesis with the best normalised score (first one on ties).
@@ -463,9 +359,7 @@ fn best_of(hypotheses: Vec<Decoded>, length_penalty: f64) -> Result<Decoded> {
             best = Some(h);
         }
     }
-    best.ok_or_else(|| EvalError::Decode {
-        problem: "no hypothesis finished (the vocabulary has only stop tokens?)".into(),
-    })
+    best.ok_or_else(|| EvalError::Decode { problem: "no hypothesis finished (the vocabulary has only stop tokens?)".into() })
 }
 
 /// Slow reference: scores every continuation (ending at the first stop token or after
@@ -479,20 +373,10 @@ pub fn exhaustive_search<S: Stepper>(
     length_penalty: f64,
 ) -> Result<Decoded> {
     let (state, logits) = stepper.start(prompt)?;
-    let mut frontier = vec![Beam {
-        tokens: Vec::new(),
-        sum: 0.0,
-        state,
-        logits,
-    }];
+    let mut frontier = vec![Beam { tokens: Vec::new(), sum: 0.0, state, logits }];
     let mut finished = Vec::new();
     while let Some(beam) = frontier.pop() {
-        let lp = log_probs(
-            &beam.logits,
-            &config.repetition_penalty,
-            prompt,
-            &beam.tokens,
-        )?;
+        let lp = log_probs(&beam.logits, &config.repetition_penalty, prompt, &beam.tokens)?;
         for (t, v) in lp.iter().enumerate() {
             let mut tokens = beam.tokens.clone();
             tokens.push(t as u32);
@@ -504,19 +388,10 @@ pub fn exhaustive_search<S: Stepper>(
             } else {
                 let mut state = beam.state.clone();
                 let logits = stepper.step(&mut state, t as u32)?;
-                frontier.push(Beam {
-                    tokens,
-                    sum,
-                    state,
-                    logits,
-                });
+                frontier.push(Beam { tokens, sum, state, logits });
                 continue;
             };
-            finished.push(Decoded {
-                tokens,
-                stop,
-                log_prob: sum,
-            });
+            finished.push(Decoded { tokens, stop, log_prob: sum });
         }
     }
     best_of(finished, length_penalty)

@@ -25,9 +25,7 @@ use meft_core::AdapterHook;
 use meft_models::{Llama, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-pub use decode::{
-    DecodeConfig, Decoded, Decoding, PenaltyScope, RepetitionPenalty, Stepper, StopReason,
-};
+pub use decode::{DecodeConfig, Decoded, Decoding, PenaltyScope, RepetitionPenalty, Stepper, StopReason};
 pub use model::{LlamaStepper, stop_tokens};
 
 use crate::datasets::Dataset;
@@ -58,9 +56,7 @@ impl EvalConfig {
     pub fn validate(&self) -> Result<()> {
         self.decode.validate()?;
         if self.batch == 0 {
-            return Err(crate::EvalError::Decode {
-                problem: "the generation batch must be at least 1".into(),
-            });
+            return Err(crate::EvalError::Decode { problem: "the generation batch must be at least 1".into() });
         }
         Ok(())
     }
@@ -71,11 +67,7 @@ impl Default for EvalConfig {
     /// penalty 2.0 and 256 tokens).
     fn default() -> Self {
         Self {
-            decode: DecodeConfig {
-                decoding: Decoding::Greedy,
-                max_new_tokens: 64,
-                repetition_penalty: RepetitionPenalty::default(),
-            },
+            decode: DecodeConfig { decoding: Decoding::Greedy, max_new_tokens: 64, repetition_penalty: RepetitionPenalty::default() },
             batch: default_batch(),
         }
     }
@@ -138,68 +130,36 @@ impl Evaluator<'_> {
         let stops = stop_tokens(self.tokenizer, self.template)?;
         let prompt = self.prompt(example)?;
         let decoded = decode::decode(&self.stepper(config), &prompt, &config.decode, &stops)?;
-        self.reply(
-            example,
-            prompt.len(),
-            &decoded,
-            start.elapsed().as_secs_f64(),
-        )
+        self.reply(example, prompt.len(), &decoded, start.elapsed().as_secs_f64())
     }
 
     /// The replies to `examples`, greedy ones decoded side by side (see the module doc).
-    pub fn answer_many(
-        &self,
-        examples: &[Example],
-        config: &EvalConfig,
-    ) -> Result<Vec<(String, Generation)>> {
+    pub fn answer_many(&self, examples: &[Example], config: &EvalConfig) -> Result<Vec<(String, Generation)>> {
         if config.decode.decoding != Decoding::Greedy || examples.len() == 1 {
             return examples.iter().map(|e| self.answer(e, config)).collect();
         }
         let start = Instant::now();
         let stops = stop_tokens(self.tokenizer, self.template)?;
-        let prompts = examples
-            .iter()
-            .map(|e| self.prompt(e))
-            .collect::<Result<Vec<_>>>()?;
+        let prompts = examples.iter().map(|e| self.prompt(e)).collect::<Result<Vec<_>>>()?;
         let decoded = decode::greedy_many(&self.stepper(config), &prompts, &config.decode, &stops)?;
         // One batch: each example is charged an equal share of its wall time.
         let seconds = start.elapsed().as_secs_f64() / examples.len() as f64;
-        examples
-            .iter()
-            .zip(prompts)
-            .zip(decoded)
-            .map(|((example, prompt), decoded)| {
-                self.reply(example, prompt.len(), &decoded, seconds)
-            })
-            .collect()
+        examples.iter().zip(prompts).zip(decoded).map(|((example, prompt), decoded)| self.reply(example, prompt.len(), &decoded, seconds)).collect()
     }
 
     /// The tokens of `example`'s rendered prompt.
     fn prompt(&self, example: &Example) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(&render(example, self.template).prompt)?)
+        Ok(self.tokenizer.encode(&render(example, self.template).prompt)?)
     }
 
     /// The prediction text of `decoded` (without the stop token, trimmed) and its facts.
-    fn reply(
-        &self,
-        example: &Example,
-        prompt_tokens: usize,
-        decoded: &Decoded,
-        seconds: f64,
-    ) -> Result<(String, Generation)> {
+    fn reply(&self, example: &Example, prompt_tokens: usize, decoded: &Decoded, seconds: f64) -> Result<(String, Generation)> {
         let text = self.tokenizer.decode(decoded.content())?.trim().to_owned();
         Ok((text, generation(example, prompt_tokens, decoded, seconds)))
     }
 
     fn stepper(&self, config: &EvalConfig) -> LlamaStepper<'_> {
-        LlamaStepper {
-            model: self.model,
-            hook: self.hook,
-            after_forward: self.after_forward,
-            rows: config.batch,
-        }
+        LlamaStepper { model: self.model, hook: self.hook, after_forward: self.after_forward, rows: config.batch }
     }
 
     /// Answers every example of `examples` (from `dataset`) and scores the answers with the
@@ -222,33 +182,14 @@ impl Evaluator<'_> {
             }
             on_done(texts.len(), examples.len());
         }
-        let predictions: HashMap<&str, &str> = examples
-            .iter()
-            .zip(&texts)
-            .map(|(e, t)| (e.id(), t.as_str()))
-            .collect();
-        let report = score_examples(
-            &dataset.name(),
-            examples,
-            &predictions,
-            Metric::for_dataset(dataset),
-            Coverage::Predicted,
-        );
-        Ok(Evaluation {
-            report,
-            generations,
-            wall_seconds: start.elapsed().as_secs_f64(),
-        })
+        let predictions: HashMap<&str, &str> = examples.iter().zip(&texts).map(|(e, t)| (e.id(), t.as_str())).collect();
+        let report = score_examples(&dataset.name(), examples, &predictions, Metric::for_dataset(dataset), Coverage::Predicted);
+        Ok(Evaluation { report, generations, wall_seconds: start.elapsed().as_secs_f64() })
     }
 }
 
 /// The generation facts of one decoded example.
-fn generation(
-    example: &Example,
-    prompt_tokens: usize,
-    decoded: &Decoded,
-    seconds: f64,
-) -> Generation {
+fn generation(example: &Example, prompt_tokens: usize, decoded: &Decoded, seconds: f64) -> Generation {
     Generation {
         id: example.id().to_owned(),
         prompt_tokens,

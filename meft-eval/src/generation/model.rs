@@ -3,11 +3,11 @@
 
 use candle_core::{DType, Tensor};
 use meft_core::AdapterHook;
-use meft_models::chat::{self, Message};
+use meft_models::chat;
 use meft_models::{KvCache, Llama, Tokenizer};
 
 use crate::error::Result;
-use crate::example::{ChatMessage, Role};
+use crate::example::ChatMessage;
 use crate::generation::decode::Stepper;
 use crate::prompt::ChatTemplate;
 
@@ -29,8 +29,7 @@ impl LlamaStepper<'_> {
     /// The next-token logits after `tokens` fed onto `cache` (the head on the last position only).
     fn run(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let device = self.model.embed_tokens.device();
-        let ids = Tensor::from_slice(tokens, (1, tokens.len()), device)
-            .map_err(meft_models::ModelError::from)?;
+        let ids = Tensor::from_slice(tokens, (1, tokens.len()), device).map_err(meft_models::ModelError::from)?;
         let logits = self.model.forward_cached_last(&ids, cache, self.hook);
         self.release();
         Ok(rows(&logits?)?.remove(0))
@@ -45,10 +44,7 @@ impl LlamaStepper<'_> {
 
 /// The rows of `(n, vocab)` logits as f32 vectors.
 fn rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(logits
-        .to_dtype(DType::F32)
-        .and_then(|t| t.to_vec2::<f32>())
-        .map_err(meft_models::ModelError::from)?)
+    Ok(logits.to_dtype(DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(meft_models::ModelError::from)?)
 }
 
 impl Stepper for LlamaStepper<'_> {
@@ -56,9 +52,7 @@ impl Stepper for LlamaStepper<'_> {
 
     fn start(&self, prompt: &[u32]) -> Result<(KvCache, Vec<f32>)> {
         if prompt.is_empty() {
-            return Err(crate::EvalError::Decode {
-                problem: "the prompt encodes to no tokens".into(),
-            });
+            return Err(crate::EvalError::Decode { problem: "the prompt encodes to no tokens".into() });
         }
         let mut cache = KvCache::new(self.model.layers.len());
         let logits = self.run(prompt, &mut cache)?;
@@ -72,10 +66,7 @@ impl Stepper for LlamaStepper<'_> {
     /// One batched forward ([`Llama::forward_step_batch`]) per group of at most `rows` rows.
     fn step_many(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(tokens.len());
-        for (group, fed) in caches
-            .chunks_mut(self.rows.max(1))
-            .zip(tokens.chunks(self.rows.max(1)))
-        {
+        for (group, fed) in caches.chunks_mut(self.rows.max(1)).zip(tokens.chunks(self.rows.max(1))) {
             if fed.len() == 1 {
                 out.push(self.step(group[0], fed[0])?);
                 continue;
@@ -88,23 +79,9 @@ impl Stepper for LlamaStepper<'_> {
     }
 }
 
-fn to_model_message(m: &ChatMessage) -> Message {
-    let role = match m.role {
-        Role::System => chat::Role::System,
-        Role::User => chat::Role::User,
-        Role::Assistant => chat::Role::Assistant,
-        Role::Tool => chat::Role::Tool,
-    };
-    Message {
-        role,
-        content: m.content.clone(),
-    }
-}
-
 impl ChatTemplate for chat::ChatTemplate {
     fn prompt(&self, messages: &[ChatMessage]) -> String {
-        let messages: Vec<Message> = messages.iter().map(to_model_message).collect();
-        self.render(&messages)
+        self.render(messages)
     }
 
     fn completion(&self, reply: &str) -> String {
@@ -118,11 +95,7 @@ pub fn stop_tokens(tokenizer: &Tokenizer, template: &dyn ChatTemplate) -> Result
     let special = tokenizer.special_ids();
     let end_of_turn = tokenizer.encode(&template.completion(""))?;
     let mut stops: Vec<u32> = tokenizer.eos().into_iter().collect();
-    stops.extend(
-        end_of_turn
-            .into_iter()
-            .filter(|t| special.contains(t) && Some(*t) != tokenizer.bos()),
-    );
+    stops.extend(end_of_turn.into_iter().filter(|t| special.contains(t) && Some(*t) != tokenizer.bos()));
     stops.sort_unstable();
     stops.dedup();
     Ok(stops)

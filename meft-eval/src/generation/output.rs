@@ -89,87 +89,37 @@ pub struct OutputPaths {
 
 /// The `generation` table: one row per example.
 pub fn generation_table(generations: &[Generation]) -> Table {
-    let u64s = |f: fn(&Generation) -> usize| {
-        ColumnValues::U64(generations.iter().map(|g| f(g) as u64).collect())
-    };
+    let u64s = |f: fn(&Generation) -> usize| ColumnValues::U64(generations.iter().map(|g| f(g) as u64).collect());
     let stop = generations
         .iter()
-        .map(|g| {
-            serde_json::to_value(g.stop)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-        })
+        .map(|g| serde_json::to_value(g.stop).ok().and_then(|v| v.as_str().map(str::to_owned)))
         .map(Option::unwrap_or_default)
         .collect();
     Table {
         name: "generation".into(),
         description: "one row per generated example, in the order of the predictions table".into(),
         columns: vec![
-            Column::new(
-                "id",
-                "text",
-                "example id",
-                ColumnValues::Text(generations.iter().map(|g| g.id.clone()).collect()),
-            ),
-            Column::new(
-                "prompt_tokens",
-                "tokens",
-                "tokens in the rendered prompt",
-                u64s(|g| g.prompt_tokens),
-            ),
-            Column::new(
-                "new_tokens",
-                "tokens",
-                "generated tokens, stop token included",
-                u64s(|g| g.new_tokens),
-            ),
-            Column::new(
-                "stop",
-                "text",
-                "stop_token or max_new_tokens",
-                ColumnValues::Text(stop),
-            ),
+            Column::new("id", "text", "example id", ColumnValues::Text(generations.iter().map(|g| g.id.clone()).collect())),
+            Column::new("prompt_tokens", "tokens", "tokens in the rendered prompt", u64s(|g| g.prompt_tokens)),
+            Column::new("new_tokens", "tokens", "generated tokens, stop token included", u64s(|g| g.new_tokens)),
+            Column::new("stop", "text", "stop_token or max_new_tokens", ColumnValues::Text(stop)),
             Column::new(
                 "log_prob",
                 "nats",
                 "sum of penalised log-probabilities of the new tokens",
                 ColumnValues::F64(generations.iter().map(|g| g.log_prob).collect()),
             ),
-            Column::new(
-                "seconds",
-                "s",
-                "wall time of the example",
-                ColumnValues::F64(generations.iter().map(|g| g.seconds).collect()),
-            ),
+            Column::new("seconds", "s", "wall time of the example", ColumnValues::F64(generations.iter().map(|g| g.seconds).collect())),
         ],
     }
 }
 
 /// Writes `results.json` and `predictions.h5` into `dir` (both replaced atomically); the HDF5
 /// file has a `generation` table when `generations` is not empty.
-pub fn write_outputs(
-    dir: &Path,
-    metadata: &RunMetadata,
-    summary: &EvalSummary,
-    report: &Report,
-    generations: &[Generation],
-) -> Result<OutputPaths> {
-    let paths = OutputPaths {
-        json: dir.join("results.json"),
-        hdf5: dir.join("predictions.h5"),
-    };
-    let results = EvalResults {
-        summary: summary.clone(),
-        report: report.clone(),
-        generations: generations.to_vec(),
-    };
-    write_json(
-        &paths.json,
-        &WithMetadata {
-            metadata: metadata.clone(),
-            result: results,
-        },
-    )?;
+pub fn write_outputs(dir: &Path, metadata: &RunMetadata, summary: &EvalSummary, report: &Report, generations: &[Generation]) -> Result<OutputPaths> {
+    let paths = OutputPaths { json: dir.join("results.json"), hdf5: dir.join("predictions.h5") };
+    let results = EvalResults { summary: summary.clone(), report: report.clone(), generations: generations.to_vec() };
+    write_json(&paths.json, &WithMetadata { metadata: metadata.clone(), result: results })?;
     let mut tables = vec![report_table(report)];
     if !generations.is_empty() {
         tables.push(generation_table(generations));

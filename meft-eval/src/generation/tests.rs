@@ -20,9 +20,7 @@ impl Toy {
     fn logits(&self, tokens: &[u32]) -> Vec<f32> {
         let mut h = self.seed ^ 0x9E37_79B9_7F4A_7C15;
         for &t in tokens {
-            h = (h ^ u64::from(t))
-                .wrapping_mul(0x100_0000_01B3)
-                .rotate_left(17);
+            h = (h ^ u64::from(t)).wrapping_mul(0x100_0000_01B3).rotate_left(17);
         }
         (0..self.vocab)
             .map(|i| {
@@ -77,11 +75,7 @@ impl Stepper for Batching {
 }
 
 fn config(max_new_tokens: usize, penalty: f32, scope: PenaltyScope) -> DecodeConfig {
-    DecodeConfig {
-        decoding: Decoding::Greedy,
-        max_new_tokens,
-        repetition_penalty: RepetitionPenalty { penalty, scope },
-    }
+    DecodeConfig { decoding: Decoding::Greedy, max_new_tokens, repetition_penalty: RepetitionPenalty { penalty, scope } }
 }
 
 fn scope() -> impl Strategy<Value = PenaltyScope> {
@@ -153,17 +147,11 @@ proptest! {
 
 #[test]
 fn repetition_penalty_divides_positive_and_multiplies_negative_logits_once() {
-    let penalty = RepetitionPenalty {
-        penalty: 2.0,
-        scope: PenaltyScope::Sequence,
-    };
+    let penalty = RepetitionPenalty { penalty: 2.0, scope: PenaltyScope::Sequence };
     let mut z = vec![4.0, -1.0, 3.0, 0.5];
     penalty.apply(&mut z, &[0, 0], &[1, 1, 9]);
     assert_eq!(z, vec![2.0, -2.0, 3.0, 0.5]);
-    let generated_only = RepetitionPenalty {
-        scope: PenaltyScope::Generated,
-        ..penalty
-    };
+    let generated_only = RepetitionPenalty { scope: PenaltyScope::Generated, ..penalty };
     let mut z = vec![4.0, -1.0];
     generated_only.apply(&mut z, &[0], &[1]);
     assert_eq!(z, vec![4.0, -2.0]);
@@ -184,10 +172,7 @@ fn greedy_stops_at_a_stop_token_and_content_drops_it() {
     }
     let cfg = config(10, 1.0, PenaltyScope::Sequence);
     let d = decode::decode(&Fixed, &[0], &cfg, &[2]).unwrap();
-    assert_eq!(
-        (d.tokens.as_slice(), d.stop),
-        (&[2][..], StopReason::StopToken)
-    );
+    assert_eq!((d.tokens.as_slice(), d.stop), (&[2][..], StopReason::StopToken));
     assert!(d.content().is_empty());
     let d = decode::decode(&Fixed, &[0], &cfg, &[]).unwrap();
     assert_eq!((d.tokens.len(), d.stop), (10, StopReason::MaxNewTokens));
@@ -201,10 +186,7 @@ fn bad_settings_are_typed_errors() {
     let err = decode::decode(&toy, &[0], &cfg, &[]).unwrap_err();
     assert!(err.to_string().contains("repetition penalty"), "{err}");
     cfg.repetition_penalty.penalty = 1.0;
-    cfg.decoding = Decoding::Beam {
-        width: 0,
-        length_penalty: 1.0,
-    };
+    cfg.decoding = Decoding::Beam { width: 0, length_penalty: 1.0 };
     let err = decode::decode(&toy, &[0], &cfg, &[]).unwrap_err();
     assert!(err.to_string().contains("beam width"), "{err}");
     cfg.decoding = Decoding::Greedy;

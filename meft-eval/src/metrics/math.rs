@@ -18,9 +18,7 @@ fn numbers(text: &str) -> Vec<(usize, &str)> {
     let mut found = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let sign = bytes[i] == b'-'
-            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
-            && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric());
+        let sign = bytes[i] == b'-' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric());
         if !(bytes[i].is_ascii_digit() || sign) {
             i += 1;
             continue;
@@ -54,9 +52,7 @@ pub fn numbers_equal(a: f64, b: f64) -> bool {
 
 /// Byte offset just after the last case-insensitive occurrence of `marker` in `text`.
 fn after_last(text: &str, marker: &str) -> Option<usize> {
-    text.to_ascii_lowercase()
-        .rfind(&marker.to_ascii_lowercase())
-        .map(|pos| pos + marker.len())
+    text.to_ascii_lowercase().rfind(&marker.to_ascii_lowercase()).map(|pos| pos + marker.len())
 }
 
 /// The GSM8K answer number in `text` (as written), by the rules in the module docs.
@@ -118,10 +114,7 @@ pub fn final_number_correct(prediction: &str, gold: &str) -> (bool, Option<Strin
 
 /// The content of the last `\boxed{..}` or `\fbox{..}` (or `\boxed x`), or `None`.
 pub fn last_boxed(text: &str) -> Option<&str> {
-    let start = ["\\boxed", "\\fbox"]
-        .iter()
-        .filter_map(|m| text.rfind(m).map(|p| p + m.len()))
-        .max()?;
+    let start = ["\\boxed", "\\fbox"].iter().filter_map(|m| text.rfind(m).map(|p| p + m.len())).max()?;
     let rest = &text[start..];
     if rest.starts_with('{') {
         return braced_group(rest);
@@ -137,11 +130,7 @@ pub fn extract_math_answer(text: &str) -> Option<&str> {
         return Some(boxed);
     }
     let pos = after_last(text, "the answer is")?;
-    let line = text[pos..]
-        .trim_start_matches([':', ' '])
-        .lines()
-        .next()?
-        .trim();
+    let line = text[pos..].trim_start_matches([':', ' ']).lines().next()?.trim();
     (!line.is_empty()).then_some(line)
 }
 
@@ -150,10 +139,7 @@ pub fn math_answer_correct(prediction: &str, gold: &str) -> (bool, Option<String
     let Some(extracted) = extract_math_answer(prediction) else {
         return (false, None);
     };
-    let (p, g) = (
-        normalize_math_answer(extracted),
-        normalize_math_answer(gold),
-    );
+    let (p, g) = (normalize_math_answer(extracted), normalize_math_answer(gold));
     let correct = match (parse_number(&p), parse_number(&g)) {
         (Some(a), Some(b)) => numbers_equal(a, b),
         _ => p == g,
@@ -201,21 +187,7 @@ pub fn normalize_math_answer(answer: &str) -> String {
     for command in ["\\text", "\\textbf", "\\mbox", "\\mathrm"] {
         s = unwrap_command(&s, command);
     }
-    for junk in [
-        "\\left",
-        "\\right",
-        "\\!",
-        "\\,",
-        "\\;",
-        "\\:",
-        "\\displaystyle",
-        "^{\\circ}",
-        "^\\circ",
-        "\\$",
-        "$",
-        "\\%",
-        "%",
-    ] {
+    for junk in ["\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "^{\\circ}", "^\\circ", "\\$", "$", "\\%", "%"] {
         s = s.replace(junk, "");
     }
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac");
@@ -229,22 +201,13 @@ pub fn normalize_math_answer(answer: &str) -> String {
     let s = s.strip_suffix('.').unwrap_or(&s);
     let s = brace_short_arguments(s);
     if let Some((a, b)) = s.split_once('/')
-        && [a, b].iter().all(|t| {
-            !t.is_empty()
-                && t.trim_start_matches('-')
-                    .chars()
-                    .all(|c| c.is_ascii_digit())
-        })
+        && [a, b].iter().all(|t| !t.is_empty() && t.trim_start_matches('-').chars().all(|c| c.is_ascii_digit()))
     {
         return format!("\\frac{{{a}}}{{{b}}}");
     }
     if parse_number(&s).is_some() {
         let plain: String = s.chars().filter(|&c| c != ',').collect();
-        return if plain.starts_with('.') {
-            format!("0{plain}")
-        } else {
-            plain
-        };
+        return if plain.starts_with('.') { format!("0{plain}") } else { plain };
     }
     s
 }
@@ -304,54 +267,30 @@ mod tests {
 
     #[test]
     fn gsm8k_extraction_prefers_the_answer_phrase_then_hashes_then_last_number() {
-        assert_eq!(
-            extract_final_number("3 eggs... The answer is: 18. Check: 20"),
-            Some("18")
-        );
-        assert_eq!(
-            extract_final_number("the answer is $1,234.50."),
-            Some("1,234.50")
-        );
+        assert_eq!(extract_final_number("3 eggs... The answer is: 18. Check: 20"), Some("18"));
+        assert_eq!(extract_final_number("the answer is $1,234.50."), Some("1,234.50"));
         assert_eq!(extract_final_number("9 * 2 = 18\n#### 18"), Some("18"));
         assert_eq!(extract_final_number("so 5 - 3 = 2 left"), Some("2"));
         assert_eq!(extract_final_number("loss of -7 dollars"), Some("-7"));
         assert_eq!(extract_final_number("x-5"), Some("5"));
         assert_eq!(extract_final_number("no numbers"), None);
-        assert_eq!(
-            extract_final_number("The answer is: unknown, maybe 4"),
-            Some("4")
-        );
+        assert_eq!(extract_final_number("The answer is: unknown, maybe 4"), Some("4"));
     }
 
     #[test]
     fn gsm8k_comparison_is_numeric() {
-        for (pred, gold) in [
-            ("The answer is: 1,000", "1000"),
-            ("The answer is 18.0", "18"),
-            ("#### 0.50", "0.5"),
-        ] {
+        for (pred, gold) in [("The answer is: 1,000", "1000"), ("The answer is 18.0", "18"), ("#### 0.50", "0.5")] {
             assert!(final_number_correct(pred, gold).0, "{pred} vs {gold}");
         }
         assert!(!final_number_correct("The answer is: 17", "18").0);
         assert!(!final_number_correct("I do not know", "18").0);
-        assert_eq!(
-            final_number_correct("The answer is: 18.", "18")
-                .1
-                .as_deref(),
-            Some("18")
-        );
+        assert_eq!(final_number_correct("The answer is: 18.", "18").1.as_deref(), Some("18"));
     }
 
     #[test]
     fn boxed_extraction_handles_nesting_and_takes_the_last() {
-        assert_eq!(
-            last_boxed("so $\\boxed{\\frac{1}{2}}$"),
-            Some("\\frac{1}{2}")
-        );
-        assert_eq!(
-            last_boxed("\\boxed{1} then \\boxed{\\{a, b\\}}"),
-            Some("\\{a, b\\}")
-        );
+        assert_eq!(last_boxed("so $\\boxed{\\frac{1}{2}}$"), Some("\\frac{1}{2}"));
+        assert_eq!(last_boxed("\\boxed{1} then \\boxed{\\{a, b\\}}"), Some("\\{a, b\\}"));
         assert_eq!(last_boxed("\\boxed{x^{2}+{y}}"), Some("x^{2}+{y}"));
         assert_eq!(last_boxed("\\fbox{7}"), Some("7"));
         assert_eq!(last_boxed("answer \\boxed 5$"), Some("5"));
@@ -376,16 +315,9 @@ mod tests {
             ("5.", "5"),
         ];
         for (a, b) in same {
-            assert_eq!(
-                normalize_math_answer(a),
-                normalize_math_answer(b),
-                "{a} vs {b}"
-            );
+            assert_eq!(normalize_math_answer(a), normalize_math_answer(b), "{a} vs {b}");
         }
-        assert_ne!(
-            normalize_math_answer("\\frac{1}{3}"),
-            normalize_math_answer("\\frac{1}{2}")
-        );
+        assert_ne!(normalize_math_answer("\\frac{1}{3}"), normalize_math_answer("\\frac{1}{2}"));
     }
 
     #[test]

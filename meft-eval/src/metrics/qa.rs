@@ -29,19 +29,13 @@ pub fn substring_match(prediction: &str, golds: &[String], case: CaseRule) -> bo
         CaseRule::Insensitive => text.to_lowercase(),
     };
     let haystack = prepare(prediction);
-    golds
-        .iter()
-        .filter(|g| !g.is_empty())
-        .any(|gold| haystack.contains(&prepare(gold)))
+    golds.iter().filter(|g| !g.is_empty()).any(|gold| haystack.contains(&prepare(gold)))
 }
 
 /// SQuAD v1.1 answer normalisation.
 pub fn normalize_answer(text: &str) -> String {
     let lowered = text.to_lowercase();
-    let no_punct: String = lowered
-        .chars()
-        .filter(|c| !c.is_ascii_punctuation())
-        .collect();
+    let no_punct: String = lowered.chars().filter(|c| !c.is_ascii_punctuation()).collect();
     let no_articles = remove_articles(&no_punct);
     no_articles.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -82,10 +76,7 @@ pub fn exact_match(prediction: &str, golds: &[String]) -> bool {
 
 /// SQuAD token F1, maximised over golds (0 when there are no golds).
 pub fn f1(prediction: &str, golds: &[String]) -> f64 {
-    golds
-        .iter()
-        .map(|g| token_f1(prediction, g))
-        .fold(0.0, f64::max)
+    golds.iter().map(|g| token_f1(prediction, g)).fold(0.0, f64::max)
 }
 
 /// Token F1 between one prediction and one gold.
@@ -124,26 +115,10 @@ mod tests {
     #[test]
     fn substring_em_case_rules() {
         let g = golds(&["December 1972"]);
-        assert!(substring_match(
-            "It was in December 1972 UTC.",
-            &g,
-            CaseRule::Sensitive
-        ));
-        assert!(!substring_match(
-            "it was in december 1972",
-            &g,
-            CaseRule::Sensitive
-        ));
-        assert!(substring_match(
-            "it was in december 1972",
-            &g,
-            CaseRule::Insensitive
-        ));
-        assert!(!substring_match(
-            "anything",
-            &golds(&[""]),
-            CaseRule::Insensitive
-        ));
+        assert!(substring_match("It was in December 1972 UTC.", &g, CaseRule::Sensitive));
+        assert!(!substring_match("it was in december 1972", &g, CaseRule::Sensitive));
+        assert!(substring_match("it was in december 1972", &g, CaseRule::Insensitive));
+        assert!(!substring_match("anything", &golds(&[""]), CaseRule::Insensitive));
         assert!(!substring_match("anything", &[], CaseRule::Sensitive));
     }
 
@@ -172,10 +147,7 @@ mod tests {
 
     #[test]
     fn exact_match_and_f1_match_the_official_script() {
-        assert!(exact_match(
-            "the Denver Broncos!",
-            &golds(&["Denver Broncos"])
-        ));
+        assert!(exact_match("the Denver Broncos!", &golds(&["Denver Broncos"])));
         assert!(!exact_match("Denver", &golds(&["Denver Broncos"])));
         let cases: [(&str, &[&str], f64); 6] = [
             ("Denver Broncos", &["Denver Broncos"], 1.0),
@@ -187,20 +159,13 @@ mod tests {
         ];
         for (pred, gold, expected) in cases {
             let got = f1(pred, &golds(gold));
-            assert!(
-                (got - expected).abs() < 1e-12,
-                "f1({pred:?}, {gold:?}) = {got}, expected {expected}"
-            );
+            assert!((got - expected).abs() < 1e-12, "f1({pred:?}, {gold:?}) = {got}, expected {expected}");
         }
     }
 
     #[test]
     fn f1_is_symmetric_and_bounded() {
-        let pairs = [
-            ("a b c", "b c d"),
-            ("x y", "y"),
-            ("one two three", "three two one"),
-        ];
+        let pairs = [("a b c", "b c d"), ("x y", "y"), ("one two three", "three two one")];
         for (a, b) in pairs {
             let ab = f1(a, &golds(&[b]));
             let ba = f1(b, &golds(&[a]));

@@ -62,34 +62,18 @@ fn json_calls(text: &str) -> Option<Vec<Call>> {
 fn json_call(value: &Value) -> Option<Call> {
     let object = value.as_object()?;
     if let Some(name) = object.get("name").and_then(Value::as_str) {
-        let args = ["arguments", "parameters", "args"]
-            .iter()
-            .find_map(|k| object.get(*k));
+        let args = ["arguments", "parameters", "args"].iter().find_map(|k| object.get(*k));
         let args = match args {
             None => Value::Object(Default::default()),
             Some(Value::String(encoded)) => serde_json::from_str(encoded).ok()?,
             Some(other) => other.clone(),
         };
-        let args = args
-            .as_object()?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        return Some(Call {
-            name: name.to_owned(),
-            args,
-        });
+        let args = args.as_object()?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        return Some(Call { name: name.to_owned(), args });
     }
     let (name, args) = object.iter().next().filter(|_| object.len() == 1)?;
-    let args = args
-        .as_object()?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Some(Call {
-        name: name.clone(),
-        args,
-    })
+    let args = args.as_object()?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Some(Call { name: name.clone(), args })
 }
 
 /// Every `name(args)` whose argument list parses, scanning left to right.
@@ -101,17 +85,12 @@ fn python_calls(text: &str) -> Vec<Call> {
         let Some(open) = rest.find('(') else { break };
         let name_start = rest[..open]
             .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
-            .map_or(0, |i| {
-                i + rest[i..].chars().next().map_or(1, char::len_utf8)
-            });
+            .map_or(0, |i| i + rest[i..].chars().next().map_or(1, char::len_utf8));
         let name = rest[name_start..open].trim_matches('.');
         let mut cursor = Cursor::new(&rest[open + 1..]);
         match (name.chars().next(), call_args(&mut cursor)) {
             (Some(first), Some(args)) if first.is_alphabetic() || first == '_' => {
-                calls.push(Call {
-                    name: name.to_owned(),
-                    args,
-                });
+                calls.push(Call { name: name.to_owned(), args });
                 offset += open + 1 + cursor.pos();
             }
             _ => offset += open + 1,
@@ -129,9 +108,7 @@ fn call_args(cursor: &mut Cursor<'_>) -> Option<BTreeMap<String, Value>> {
             return Some(args);
         }
         let mark = cursor.pos();
-        let keyword = cursor
-            .identifier()
-            .filter(|_| cursor.eat('=') && !cursor.rest().starts_with('='));
+        let keyword = cursor.identifier().filter(|_| cursor.eat('=') && !cursor.rest().starts_with('='));
         let key = match keyword {
             Some(name) => name.to_owned(),
             None => {
@@ -152,10 +129,7 @@ pub fn calls_match(predicted: &[Call], expected: &ToolExpectation) -> bool {
     match expected {
         ToolExpectation::NoCall => predicted.is_empty(),
         ToolExpectation::AnyCall => !predicted.is_empty(),
-        ToolExpectation::Calls(calls) => {
-            predicted.len() == calls.len()
-                && assign(calls, predicted, &mut vec![false; predicted.len()])
-        }
+        ToolExpectation::Calls(calls) => predicted.len() == calls.len() && assign(calls, predicted, &mut vec![false; predicted.len()]),
     }
 }
 
@@ -183,10 +157,7 @@ fn same_name(a: &str, b: &str) -> bool {
 fn call_matches(call: &Call, expected: &ExpectedCall) -> bool {
     same_name(&call.name, &expected.name)
         && call.args.keys().all(|k| expected.args.contains_key(k))
-        && expected
-            .args
-            .iter()
-            .all(|(param, allowed)| allowed_match(call.args.get(param), allowed))
+        && expected.args.iter().all(|(param, allowed)| allowed_match(call.args.get(param), allowed))
 }
 
 /// A given (or missing) value against BFCL's allowed list (`""` = may be omitted).
@@ -194,10 +165,7 @@ fn allowed_match(given: Option<&Value>, allowed: &[Value]) -> bool {
     let optional = allowed.iter().any(|a| a.as_str() == Some(""));
     match given {
         None => optional,
-        Some(value) => allowed
-            .iter()
-            .filter(|a| a.as_str() != Some(""))
-            .any(|a| value_eq(value, a)),
+        Some(value) => allowed.iter().filter(|a| a.as_str() != Some("")).any(|a| value_eq(value, a)),
     }
 }
 
@@ -217,18 +185,12 @@ pub fn value_eq(given: &Value, gold: &Value) -> bool {
             _ => false,
         },
         (Value::String(a), Value::String(b)) => standardize(a) == standardize(b),
-        (Value::Number(_) | Value::Bool(_), Value::String(b)) => {
-            standardize(&given.to_string()) == standardize(b)
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| value_eq(x, y))
-        }
+        (Value::Number(_) | Value::Bool(_), Value::String(b)) => standardize(&given.to_string()) == standardize(b),
+        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| value_eq(x, y)),
         (Value::Object(a), Value::Object(b)) => {
             a.keys().all(|k| b.contains_key(k))
                 && b.iter().all(|(k, gold_v)| match gold_v {
-                    Value::Array(allowed) if !matches!(a.get(k), Some(Value::Array(_))) => {
-                        allowed_match(a.get(k), allowed)
-                    }
+                    Value::Array(allowed) if !matches!(a.get(k), Some(Value::Array(_))) => allowed_match(a.get(k), allowed),
                     _ => a.get(k).is_some_and(|v| value_eq(v, gold_v)),
                 })
         }
@@ -240,10 +202,7 @@ pub fn value_eq(given: &Value, gold: &Value) -> bool {
 }
 
 /// Intersection over union of the sets of function names (1.0 when both are empty).
-pub fn api_iou<'a>(
-    predicted: impl IntoIterator<Item = &'a str>,
-    expected: impl IntoIterator<Item = &'a str>,
-) -> f64 {
+pub fn api_iou<'a>(predicted: impl IntoIterator<Item = &'a str>, expected: impl IntoIterator<Item = &'a str>) -> f64 {
     let p: BTreeSet<&str> = predicted.into_iter().collect();
     let e: BTreeSet<&str> = expected.into_iter().collect();
     let union = p.union(&e).count();

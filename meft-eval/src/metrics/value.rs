@@ -59,9 +59,7 @@ impl<'a> Cursor<'a> {
         if !(first.is_alphabetic() || first == '_') {
             return None;
         }
-        let len = rest
-            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
-            .unwrap_or(rest.len());
+        let len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')).unwrap_or(rest.len());
         let name = rest[..len].trim_end_matches('.');
         self.pos += name.len();
         Some(name)
@@ -146,11 +144,8 @@ impl<'a> Cursor<'a> {
         let len = rest
             .char_indices()
             .find(|&(i, c)| {
-                let exponent_sign =
-                    (c == '-' || c == '+') && i > 0 && rest[..i].ends_with(['e', 'E']);
-                !(c.is_ascii_digit()
-                    || matches!(c, '.' | 'e' | 'E')
-                    || ((c == '-' || c == '+') && (i == 0 || exponent_sign)))
+                let exponent_sign = (c == '-' || c == '+') && i > 0 && rest[..i].ends_with(['e', 'E']);
+                !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E') || ((c == '-' || c == '+') && (i == 0 || exponent_sign)))
             })
             .map_or(rest.len(), |(i, _)| i);
         let text = rest[..len].trim_start_matches('+');

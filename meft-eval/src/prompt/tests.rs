@@ -11,11 +11,7 @@ fn chatml() -> FnTemplate<impl Fn(&[ChatMessage]) -> String, impl Fn(&str) -> St
             let mut out = String::new();
             for m in messages {
                 let role = serde_json::to_value(m.role).unwrap();
-                out.push_str(&format!(
-                    "<|im_start|>{}\n{}<|im_end|>\n",
-                    role.as_str().unwrap(),
-                    m.content
-                ));
+                out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", role.as_str().unwrap(), m.content));
             }
             out + "<|im_start|>assistant\n"
         },
@@ -32,10 +28,7 @@ fn closed_book_qa_renders_question_and_first_answer() {
         context: None,
     });
     let rendered = render(&example, &chatml());
-    assert_eq!(
-        rendered.prompt,
-        "<|im_start|>user\nwho wrote hamlet<|im_end|>\n<|im_start|>assistant\n"
-    );
+    assert_eq!(rendered.prompt, "<|im_start|>user\nwho wrote hamlet<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(rendered.completion, "Shakespeare<|im_end|>\n");
 }
 
@@ -45,16 +38,10 @@ fn reading_comprehension_includes_title_and_context() {
         id: "s".into(),
         question: "How many?".into(),
         answers: vec!["23".into()],
-        context: Some(Passage {
-            title: Some("Harvard".into()),
-            text: "Older by 23 years.".into(),
-        }),
+        context: Some(Passage { title: Some("Harvard".into()), text: "Older by 23 years.".into() }),
     });
     let prompted = to_prompt(&example);
-    assert_eq!(
-        prompted.messages[0].content,
-        "Title: Harvard\nContext: Older by 23 years.\nQuestion: How many?"
-    );
+    assert_eq!(prompted.messages[0].content, "Title: Harvard\nContext: Older by 23 years.\nQuestion: How many?");
 }
 
 #[test]
@@ -68,17 +55,10 @@ fn instruction_chat_and_math_targets() {
     assert_eq!(to_prompt(&inst).messages[0].content, "Translate\n\nbonjour");
     let chat = Example::Chat(ChatExample {
         id: "c".into(),
-        messages: vec![
-            ChatMessage::new(Role::System, "be brief"),
-            ChatMessage::new(Role::User, "hi"),
-            ChatMessage::new(Role::Assistant, "hello"),
-        ],
+        messages: vec![ChatMessage::new(Role::System, "be brief"), ChatMessage::new(Role::User, "hi"), ChatMessage::new(Role::Assistant, "hello")],
     });
     let prompted = to_prompt(&chat);
-    assert_eq!(
-        (prompted.messages.len(), prompted.target.as_str()),
-        (2, "hello")
-    );
+    assert_eq!((prompted.messages.len(), prompted.target.as_str()), (2, "hello"));
     let math = Example::Math(MathExample {
         id: "m".into(),
         question: "1+1?".into(),
@@ -92,14 +72,8 @@ fn instruction_chat_and_math_targets() {
 
 #[test]
 fn tool_target_is_a_call_that_scores_as_correct() {
-    let call = ExpectedCall {
-        name: "area".into(),
-        args: [
-            ("base".to_owned(), vec![json!(10)]),
-            ("unit".to_owned(), vec![json!(""), json!("m")]),
-        ]
-        .into(),
-    };
+    let call =
+        ExpectedCall { name: "area".into(), args: [("base".to_owned(), vec![json!(10)]), ("unit".to_owned(), vec![json!(""), json!("m")])].into() };
     let expected = ToolExpectation::Calls(vec![call]);
     let example = ToolExample {
         id: "t".into(),

@@ -9,17 +9,12 @@ use meft_eval::{Dataset, Example};
 
 /// Path of a committed fixture file.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// A temporary JSONL file holding `text`.
 pub fn jsonl(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::Builder::new()
-        .suffix(".jsonl")
-        .tempfile()
-        .unwrap();
+    let mut file = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
     file.write_all(text.as_bytes()).unwrap();
     file
 }
@@ -35,9 +30,5 @@ pub fn check(dataset: &str, expected_rows: usize) -> Vec<Example> {
 /// The error text of loading `text` as `dataset`, which must fail.
 pub fn load_error(dataset: &str, text: &str) -> String {
     let file = jsonl(text);
-    Dataset::parse(dataset)
-        .unwrap()
-        .load(file.path())
-        .unwrap_err()
-        .to_string()
+    Dataset::parse(dataset).unwrap().load(file.path()).unwrap_err().to_string()
 }

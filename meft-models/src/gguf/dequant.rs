@@ -56,10 +56,8 @@ impl GgmlType {
     /// Human name of a raw id, for messages (`Q5_0 (6)`).
     pub fn describe_id(id: u32) -> String {
         const NAMES: [&str; 31] = [
-            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
-            "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
-            "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
-            "BF16",
+            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS",
+            "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
         ];
         match NAMES.get(id as usize) {
             Some(name) => format!("{name} ({id})"),
@@ -191,13 +189,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     debug_assert_eq!(ty.bytes_for(n), Some(bytes.len()));
     let mut out = vec![0f32; n];
     const BLOCKS_PER_TASK: usize = 1024;
-    out.par_chunks_mut(bl * BLOCKS_PER_TASK)
-        .zip(bytes.par_chunks(bb * BLOCKS_PER_TASK))
-        .for_each(|(dst, src)| {
-            for (d, s) in dst.chunks_exact_mut(bl).zip(src.chunks_exact(bb)) {
-                decode_block(ty, s, d);
-            }
-        });
+    out.par_chunks_mut(bl * BLOCKS_PER_TASK).zip(bytes.par_chunks(bb * BLOCKS_PER_TASK)).for_each(|(dst, src)| {
+        for (d, s) in dst.chunks_exact_mut(bl).zip(src.chunks_exact(bb)) {
+            decode_block(ty, s, d);
+        }
+    });
     out
 }
 
@@ -211,11 +207,7 @@ fn value_at(ty: GgmlType, bytes: &[u8], i: usize) -> f32 {
     let block = &bytes[i / ty.block_len() * ty.block_bytes()..][..ty.block_bytes()];
     let j = i % ty.block_len();
     let nibble = |qs: &[u8], j: usize| {
-        if j < 16 {
-            qs[j] & 0x0F
-        } else {
-            qs[j - 16] >> 4
-        }
+        if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 }
     };
     match ty {
         GgmlType::F32 => f32::from_le_bytes([block[0], block[1], block[2], block[3]]),
@@ -249,16 +241,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL: [GgmlType; 8] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Bf16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4K,
-        GgmlType::Q6K,
-    ];
+    const ALL: [GgmlType; 8] =
+        [GgmlType::F32, GgmlType::F16, GgmlType::Bf16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
 
     /// Random bytes with every f16 scale field replaced by a finite value, so NaN/inf cannot hide
     /// a mismatch.

@@ -41,10 +41,7 @@ impl GgufFile {
     /// Opens and parses `path`. Fails with a typed error on a truncated or garbled header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| ModelError::Io {
-            file: path.clone(),
-            source,
-        };
+        let io = |source| ModelError::Io { file: path.clone(), source };
         let file = File::open(&path).map_err(io)?;
         // SAFETY: the map is read-only and private to this process; meft never writes model
         // files while they are open, and a file truncated underneath us is the user's error.
@@ -69,38 +66,27 @@ impl GgufFile {
     }
 
     fn meta_err(&self, key: &str, problem: String) -> ModelError {
-        ModelError::Metadata {
-            file: self.path.clone(),
-            key: key.to_string(),
-            problem,
-        }
+        ModelError::Metadata { file: self.path.clone(), key: key.to_string(), problem }
     }
 
     fn required(&self, key: &str) -> Result<&MetaValue, ModelError> {
-        self.get(key)
-            .ok_or_else(|| self.meta_err(key, "missing".into()))
+        self.get(key).ok_or_else(|| self.meta_err(key, "missing".into()))
     }
 
     fn wrong_type(&self, key: &str, value: &MetaValue, expected: &str) -> ModelError {
-        self.meta_err(
-            key,
-            format!("is {}, expected {expected}", value.type_name()),
-        )
+        self.meta_err(key, format!("is {}, expected {expected}", value.type_name()))
     }
 
     /// Required non-negative integer metadata.
     pub fn get_usize(&self, key: &str) -> Result<usize, ModelError> {
         let v = self.required(key)?;
-        v.as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| self.wrong_type(key, v, "an unsigned integer"))
+        v.as_u64().map(|x| x as usize).ok_or_else(|| self.wrong_type(key, v, "an unsigned integer"))
     }
 
     /// Required numeric metadata as f64.
     pub fn get_f64(&self, key: &str) -> Result<f64, ModelError> {
         let v = self.required(key)?;
-        v.as_f64()
-            .ok_or_else(|| self.wrong_type(key, v, "a number"))
+        v.as_f64().ok_or_else(|| self.wrong_type(key, v, "a number"))
     }
 
     /// Required string metadata.
@@ -137,10 +123,7 @@ impl GgufFile {
             .map(|item| match *item {
                 MetaValue::I32(x) => Ok(x.into()),
                 MetaValue::I64(x) => Ok(x),
-                ref other => other
-                    .as_u64()
-                    .map(|x| x as i64)
-                    .ok_or_else(|| self.wrong_type(key, other, "an array of integers")),
+                ref other => other.as_u64().map(|x| x as i64).ok_or_else(|| self.wrong_type(key, other, "an array of integers")),
             })
             .collect()
     }
@@ -161,28 +144,21 @@ impl GgufFile {
 
     /// The raw bytes of a tensor, checked against the file length and its type.
     fn tensor_bytes(&self, info: &TensorInfo) -> Result<(GgmlType, &[u8]), ModelError> {
-        let ty =
-            GgmlType::from_id(info.ggml_type).ok_or_else(|| ModelError::UnsupportedTensorType {
-                file: self.path.clone(),
-                tensor: info.name.clone(),
-                kind: GgmlType::describe_id(info.ggml_type),
-            })?;
+        let ty = GgmlType::from_id(info.ggml_type).ok_or_else(|| ModelError::UnsupportedTensorType {
+            file: self.path.clone(),
+            tensor: info.name.clone(),
+            kind: GgmlType::describe_id(info.ggml_type),
+        })?;
         let n = info.n_elements() as usize;
         let len = ty.bytes_for(n).ok_or_else(|| ModelError::GgufHeader {
             file: self.path.clone(),
-            reason: format!(
-                "tensor `{}` has {n} elements, not a whole number of {ty:?} blocks",
-                info.name
-            ),
+            reason: format!("tensor `{}` has {n} elements, not a whole number of {ty:?} blocks", info.name),
         })?;
         let start = (self.header.data_start as u64).checked_add(info.offset);
         let range = start.and_then(|s| Some(s as usize..(s as usize).checked_add(len)?));
         match range {
             Some(r) if r.end <= self.map.len() => Ok((ty, &self.map[r])),
-            _ => Err(ModelError::Truncated {
-                file: self.path.clone(),
-                what: format!("the data of tensor `{}`", info.name),
-            }),
+            _ => Err(ModelError::Truncated { file: self.path.clone(), what: format!("the data of tensor `{}`", info.name) }),
         }
     }
 
@@ -191,20 +167,12 @@ impl GgufFile {
         let (ty, bytes) = self.tensor_bytes(info)?;
         let values = dequant::dequantize(ty, bytes, info.n_elements() as usize);
         let tensor = Tensor::from_vec(values, info.shape(), &Device::Cpu)?;
-        Ok(if dtype == DType::F32 {
-            tensor
-        } else {
-            tensor.to_dtype(dtype)?
-        })
+        Ok(if dtype == DType::F32 { tensor } else { tensor.to_dtype(dtype)? })
     }
 
     /// Dequantises one tensor with the slow reference dequantiser (tests and checks only).
     pub fn dequantize_slow(&self, info: &TensorInfo) -> Result<Vec<f32>, ModelError> {
         let (ty, bytes) = self.tensor_bytes(info)?;
-        Ok(dequant::dequantize_slow(
-            ty,
-            bytes,
-            info.n_elements() as usize,
-        ))
+        Ok(dequant::dequantize_slow(ty, bytes, info.n_elements() as usize))
     }
 }

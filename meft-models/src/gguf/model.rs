@@ -100,11 +100,7 @@ impl GgufFile {
         };
         let default_bos = matches!(self.get_str("tokenizer.ggml.model"), Ok("llama"));
         Ok(ModelConfig {
-            architecture: if arch == "mistral" {
-                Architecture::Mistral
-            } else {
-                Architecture::Llama
-            },
+            architecture: if arch == "mistral" { Architecture::Mistral } else { Architecture::Llama },
             vocab_size: self.vocab_size(arch)?,
             hidden_size: hidden,
             intermediate_size: self.get_usize(&key("feed_forward_length"))?,
@@ -120,9 +116,7 @@ impl GgufFile {
             sliding_window,
             bos_token_id: self.optional_id("tokenizer.ggml.bos_token_id")?,
             eos_token_id: self.optional_id("tokenizer.ggml.eos_token_id")?,
-            add_bos_token: self
-                .get_bool("tokenizer.ggml.add_bos_token")?
-                .unwrap_or(default_bos),
+            add_bos_token: self.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(default_bos),
         })
     }
 
@@ -133,10 +127,7 @@ impl GgufFile {
         }
         match self.tensor_info("token_embd.weight") {
             Some(info) => Ok(info.shape()[0]),
-            None => Err(ModelError::MissingTensor {
-                file: self.path().to_path_buf(),
-                tensor: "token_embd.weight".into(),
-            }),
+            None => Err(ModelError::MissingTensor { file: self.path().to_path_buf(), tensor: "token_embd.weight".into() }),
         }
     }
 
@@ -177,18 +168,9 @@ mod tests {
 
     #[test]
     fn names_map_to_hf() {
-        assert_eq!(
-            hf_name("blk.12.ffn_down.weight").as_deref(),
-            Some("model.layers.12.mlp.down_proj.weight")
-        );
-        assert_eq!(
-            hf_name("blk.0.attn_output.weight").as_deref(),
-            Some("model.layers.0.self_attn.o_proj.weight")
-        );
-        assert_eq!(
-            hf_name("token_embd.weight").as_deref(),
-            Some("model.embed_tokens.weight")
-        );
+        assert_eq!(hf_name("blk.12.ffn_down.weight").as_deref(), Some("model.layers.12.mlp.down_proj.weight"));
+        assert_eq!(hf_name("blk.0.attn_output.weight").as_deref(), Some("model.layers.0.self_attn.o_proj.weight"));
+        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
         assert_eq!(hf_name("rope_freqs.weight"), None);
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
     }

@@ -145,10 +145,7 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8], ModelError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| ModelError::Truncated {
-            file: self.file.into(),
-            what: what(),
-        })?;
+        let end = end.ok_or_else(|| ModelError::Truncated { file: self.file.into(), what: what() })?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -172,10 +169,7 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &dyn Fn() -> String) -> Result<usize, ModelError> {
         let n = self.u64(what)?;
         if n > MAX_COUNT || n > self.bytes.len() as u64 {
-            return Err(header_err(
-                self.file,
-                format!("{} claims {n} entries", what()),
-            ));
+            return Err(header_err(self.file, format!("{} claims {n} entries", what())));
         }
         Ok(n as usize)
     }
@@ -183,8 +177,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, ModelError> {
         let len = self.count(what)?;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec())
-            .map_err(|_| header_err(self.file, format!("{} is not valid UTF-8", what())))
+        String::from_utf8(raw.to_vec()).map_err(|_| header_err(self.file, format!("{} is not valid UTF-8", what())))
     }
 
     fn value(&mut self, ty: u32, what: &dyn Fn() -> String) -> Result<MetaValue, ModelError> {
@@ -204,58 +197,36 @@ impl<'a> Cursor<'a> {
                     return Err(header_err(self.file, format!("{}: nested arrays", what())));
                 }
                 let n = self.count(what)?;
-                let items = (0..n)
-                    .map(|_| self.value(elem, what))
-                    .collect::<Result<_, _>>()?;
+                let items = (0..n).map(|_| self.value(elem, what)).collect::<Result<_, _>>()?;
                 MetaValue::Array(items)
             }
             10 => MetaValue::U64(self.u64(what)?),
             11 => MetaValue::I64(i64::from_le_bytes(self.array(what)?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array(what)?)),
             other => {
-                return Err(header_err(
-                    self.file,
-                    format!("{}: unknown value type {other}", what()),
-                ));
+                return Err(header_err(self.file, format!("{}: unknown value type {other}", what())));
             }
         })
     }
 }
 
 fn header_err(file: &Path, reason: String) -> ModelError {
-    ModelError::GgufHeader {
-        file: PathBuf::from(file),
-        reason,
-    }
+    ModelError::GgufHeader { file: PathBuf::from(file), reason }
 }
 
 /// Parses the header, metadata and tensor infos of a GGUF file held in `bytes`.
 ///
 /// `file` is only used in error messages.
 pub fn parse_header(bytes: &[u8], file: &Path) -> Result<GgufHeader, ModelError> {
-    let mut cur = Cursor {
-        bytes,
-        pos: 0,
-        file,
-    };
+    let mut cur = Cursor { bytes, pos: 0, file };
     let magic = cur.array::<4>(&|| "the magic number".into())?;
     if &magic != b"GGUF" {
-        return Err(header_err(
-            file,
-            format!("magic is {magic:?}, expected \"GGUF\""),
-        ));
+        return Err(header_err(file, format!("magic is {magic:?}, expected \"GGUF\"")));
     }
     let version = cur.u32(&|| "the version".into())?;
     if !(2..=3).contains(&version) {
-        let hint = if version.swap_bytes() <= 3 {
-            " (big-endian files are not supported)"
-        } else {
-            ""
-        };
-        return Err(header_err(
-            file,
-            format!("version {version} is not 2 or 3{hint}"),
-        ));
+        let hint = if version.swap_bytes() <= 3 { " (big-endian files are not supported)" } else { "" };
+        return Err(header_err(file, format!("version {version} is not 2 or 3{hint}")));
     }
     let n_tensors = cur.count(&|| "the tensor count".into())?;
     let n_kv = cur.count(&|| "the metadata count".into())?;
@@ -267,28 +238,16 @@ pub fn parse_header(bytes: &[u8], file: &Path) -> Result<GgufHeader, ModelError>
         let value = cur.value(ty, &what)?;
         metadata.insert(key, value);
     }
-    let tensors = (0..n_tensors)
-        .map(|i| read_tensor_info(&mut cur, i))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tensors = (0..n_tensors).map(|i| read_tensor_info(&mut cur, i)).collect::<Result<Vec<_>, _>>()?;
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(v) => v
             .as_u64()
             .filter(|a| *a > 0 && a.is_power_of_two())
-            .ok_or_else(|| {
-                header_err(
-                    file,
-                    format!("general.alignment {v:?} is not a power of two"),
-                )
-            })?,
+            .ok_or_else(|| header_err(file, format!("general.alignment {v:?} is not a power of two")))?,
     };
     let data_start = (cur.pos as u64).div_ceil(alignment) * alignment;
-    Ok(GgufHeader {
-        version,
-        metadata,
-        tensors,
-        data_start: data_start as usize,
-    })
+    Ok(GgufHeader { version, metadata, tensors, data_start: data_start as usize })
 }
 
 fn read_tensor_info(cur: &mut Cursor<'_>, index: usize) -> Result<TensorInfo, ModelError> {
@@ -296,30 +255,13 @@ fn read_tensor_info(cur: &mut Cursor<'_>, index: usize) -> Result<TensorInfo, Mo
     let what = || format!("tensor info `{name}`");
     let n_dims = cur.u32(&what)?;
     if n_dims == 0 || n_dims > 4 {
-        return Err(header_err(
-            cur.file,
-            format!("tensor `{name}` has {n_dims} dimensions (1..=4 allowed)"),
-        ));
+        return Err(header_err(cur.file, format!("tensor `{name}` has {n_dims} dimensions (1..=4 allowed)")));
     }
-    let dims = (0..n_dims)
-        .map(|_| cur.u64(&what))
-        .collect::<Result<Vec<_>, _>>()?;
-    if dims
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .is_none()
-    {
-        return Err(header_err(
-            cur.file,
-            format!("tensor `{name}` dims {dims:?} overflow"),
-        ));
+    let dims = (0..n_dims).map(|_| cur.u64(&what)).collect::<Result<Vec<_>, _>>()?;
+    if dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none() {
+        return Err(header_err(cur.file, format!("tensor `{name}` dims {dims:?} overflow")));
     }
     let ggml_type = cur.u32(&what)?;
     let offset = cur.u64(&what)?;
-    Ok(TensorInfo {
-        name,
-        dims,
-        ggml_type,
-        offset,
-    })
+    Ok(TensorInfo { name, dims, ggml_type, offset })
 }

@@ -125,7 +125,17 @@ impl DecoderLayer {
     /// Whether [`DecoderLayer::forward`] without a cache may run the whole-block ops.
     fn takes_blocks(&self, h: &Tensor, ctx: &LayerContext<'_>) -> bool {
         let (a, m) = (&self.self_attn, &self.mlp);
-        let weights = [&self.input_layernorm, &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &self.post_attention_layernorm, &m.gate_proj, &m.up_proj, &m.down_proj];
+        let weights = [
+            &self.input_layernorm,
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &self.post_attention_layernorm,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ];
         // The block ops treat every weight as frozen f32: a trainable weight takes the per-op path.
         let frozen_f32 = weights.iter().all(|w| w.dtype() == DType::F32 && !w.track_op());
         ctx.path.on(h.device()) == OpPath::Fused
@@ -168,12 +178,7 @@ impl DecoderLayer {
     ///
     /// # Shapes
     /// `h`: `(batch, seq, hidden)`; both results likewise.
-    pub fn attention_residual(
-        &self,
-        h: &Tensor,
-        ctx: &LayerContext<'_>,
-        cache: Option<&mut Option<KvPair>>,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn attention_residual(&self, h: &Tensor, ctx: &LayerContext<'_>, cache: Option<&mut Option<KvPair>>) -> Result<(Tensor, Tensor)> {
         let x = ops::rms_norm(h, &self.input_layernorm, self.eps, ctx.path)?;
         let h_mid = self.self_attn.forward_onto(&x, Some(h), self.index, ctx, cache)?;
         let x_ffn = ops::rms_norm(&h_mid, &self.post_attention_layernorm, self.eps, ctx.path)?;
@@ -260,13 +265,7 @@ impl SelfAttention {
     ///
     /// # Shapes
     /// `x`: `(batch, seq, hidden)`; result likewise.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        ctx: &LayerContext<'_>,
-        cache: Option<&mut Option<KvPair>>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, layer: usize, ctx: &LayerContext<'_>, cache: Option<&mut Option<KvPair>>) -> Result<Tensor> {
         self.forward_onto(x, None, layer, ctx, cache)
     }
 

@@ -65,9 +65,7 @@ impl Llama {
     pub fn load(cfg: &ModelConfig, mut weights: WeightMap, dtype: DType, device: &Device) -> Result<Self, ModelError> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
         let embed_tokens = weights.take("model.embed_tokens.weight", &[v, d], dtype, device)?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| load_layer(cfg, &mut weights, i, dtype, device))
-            .collect::<Result<Vec<_>, _>>()?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| load_layer(cfg, &mut weights, i, dtype, device)).collect::<Result<Vec<_>, _>>()?;
         let norm = weights.take("model.norm.weight", &[d], dtype, device)?;
         let lm_head = if cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
             embed_tokens.clone()

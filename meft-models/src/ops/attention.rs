@@ -10,12 +10,12 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::fastexp;
-use super::gemm::{matmul, Mat, Parallelism};
-use super::kernels::{f32_data, rotate_head, storage_of, CausalMask, RopeTables};
+use super::gemm::{Mat, Parallelism, matmul};
+use super::kernels::{CausalMask, RopeTables, f32_data, rotate_head, storage_of};
 use crate::config::RopeLayout;
 
 /// Head counts of grouped-query attention.
@@ -378,15 +378,7 @@ impl CustomOp3 for AttentionBwd<'_> {
         "meft-attention-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let f = self.fwd;
         let (qkv, kv, go) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?, f32_data(s3, l3, self.name())?);
         let g = Geometry::of(l1, l2, f.dims, &f.rope, &f.mask)?;

@@ -15,13 +15,13 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
 
 use super::attention::{Attention, HeadDims, KeepProbs, KvHeads, RopeSpec};
-use super::kernels::{f32_data, rms_norm_bwd_rows, rms_norm_rows, swiglu_bwd_rows, swiglu_rows, CausalMask, RopeTables};
-use meft_core::bf16::Bf16Weight;
-use super::linear::{companion_for, linear_bwd_rows, linear_residual_rows, linear_rows, Weight};
+use super::kernels::{CausalMask, RopeTables, f32_data, rms_norm_bwd_rows, rms_norm_rows, swiglu_bwd_rows, swiglu_rows};
+use super::linear::{Weight, companion_for, linear_bwd_rows, linear_residual_rows, linear_rows};
 use crate::config::RopeLayout;
+use meft_core::bf16::Bf16Weight;
 
 /// Frozen f32 weights of the attention half of a layer.
 #[derive(Debug, Clone)]

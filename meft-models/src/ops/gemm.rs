@@ -1,9 +1,9 @@
 //! A bounds-checked wrapper over the `gemm` crate's strided f32 matrix product, for kernels that
 //! multiply sub-matrices of their inputs without copying them into tensors first.
 
-use candle_core::{bail, Result};
-use rayon::prelude::*;
+use candle_core::{Result, bail};
 pub(super) use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// Logical shape and element strides of a matrix inside a slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

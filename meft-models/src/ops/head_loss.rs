@@ -11,12 +11,12 @@
 
 use std::sync::Mutex;
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::kernels::{f32_data, last_dim, nll_grad_in_place, scored_log_sum_exps, targets, LogitRows};
+use super::kernels::{LogitRows, f32_data, last_dim, nll_grad_in_place, scored_log_sum_exps, targets};
+use super::linear::{Weight, linear_bwd_rows, linear_rows};
 use meft_core::bf16::Bf16Weight;
-use super::linear::{linear_bwd_rows, linear_rows, Weight};
 
 /// What the forward keeps for the backward.
 struct Saved {

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -47,9 +47,22 @@ pub(super) fn map_rows(rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) +
         return out;
     }
     if rows * cols < PAR_MIN_ELEMS {
-        vectorized(#[inline(always)] || out.chunks_mut(cols).enumerate().for_each(#[inline(always)] |(r, o)| f(r, o)));
+        vectorized(
+            #[inline(always)]
+            || {
+                out.chunks_mut(cols).enumerate().for_each(
+                    #[inline(always)]
+                    |(r, o)| f(r, o),
+                )
+            },
+        );
     } else {
-        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| vectorized(#[inline(always)] || f(r, o)));
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
+            vectorized(
+                #[inline(always)]
+                || f(r, o),
+            )
+        });
     }
     out
 }
@@ -110,27 +123,37 @@ fn rstd(row: &[f32], eps: f32) -> f32 {
 /// RMSNorm of the rows of `x` (row width `w.len()`).
 pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
-    map_rows(x.len() / d.max(1), d, #[inline(always)] |r, o| {
-        let row = &x[r * d..(r + 1) * d];
-        let rstd = rstd(row, eps);
-        for ((o, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
-            *o = xi * rstd * wi;
-        }
-    })
+    map_rows(
+        x.len() / d.max(1),
+        d,
+        #[inline(always)]
+        |r, o| {
+            let row = &x[r * d..(r + 1) * d];
+            let rstd = rstd(row, eps);
+            for ((o, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
+                *o = xi * rstd * wi;
+            }
+        },
+    )
 }
 
 /// Gradient of [`rms_norm_rows`] w.r.t. `x` for the output gradient `g`.
 pub(super) fn rms_norm_bwd_rows(x: &[f32], w: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
-    map_rows(x.len() / d.max(1), d, #[inline(always)] |r, o| {
-        let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-        let rs = rstd(xr, eps);
-        let dot: f32 = xr.iter().zip(gr).zip(w).map(|((a, b), c)| a * b * c).sum::<f32>() / d as f32;
-        let k = dot * rs * rs * rs;
-        for i in 0..d {
-            o[i] = rs * w[i] * gr[i] - xr[i] * k;
-        }
-    })
+    map_rows(
+        x.len() / d.max(1),
+        d,
+        #[inline(always)]
+        |r, o| {
+            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let rs = rstd(xr, eps);
+            let dot: f32 = xr.iter().zip(gr).zip(w).map(|((a, b), c)| a * b * c).sum::<f32>() / d as f32;
+            let k = dot * rs * rs * rs;
+            for i in 0..d {
+                o[i] = rs * w[i] * gr[i] - xr[i] * k;
+            }
+        },
+    )
 }
 
 /// Gradient of [`RmsNorm`] w.r.t. `x`: `r·(w∘g) − x·r³·mean(x∘w∘g)`.
@@ -143,15 +166,7 @@ impl CustomOp3 for RmsNormBwd {
         "meft-rms-norm-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, self.name())?;
         let w = f32_data(s2, l2, self.name())?;
         let g = f32_data(s3, l3, self.name())?;
@@ -199,11 +214,16 @@ impl CustomOp1 for MaskedSoftmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, self.name())?;
         let t = last_dim(l);
-        let out = map_rows(x.len() / t.max(1), t, #[inline(always)] |r, o| {
-            let (a, b) = self.mask.visible(r, t);
-            o[a..b].copy_from_slice(&x[r * t + a..r * t + b]);
-            fastexp::softmax_visible(o, (a, b));
-        });
+        let out = map_rows(
+            x.len() / t.max(1),
+            t,
+            #[inline(always)]
+            |r, o| {
+                let (a, b) = self.mask.visible(r, t);
+                o[a..b].copy_from_slice(&x[r * t + a..r * t + b]);
+                fastexp::softmax_visible(o, (a, b));
+            },
+        );
         Ok((storage_of(out, s.dtype())?, l.shape().clone()))
     }
 
@@ -223,13 +243,18 @@ impl CustomOp2 for SoftmaxBwd {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
         let t = last_dim(l1);
-        let out = map_rows(y.len() / t.max(1), t, #[inline(always)] |r, o| {
-            let (yr, gr) = (&y[r * t..(r + 1) * t], &g[r * t..(r + 1) * t]);
-            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for i in 0..t {
-                o[i] = yr[i] * (gr[i] - dot);
-            }
-        });
+        let out = map_rows(
+            y.len() / t.max(1),
+            t,
+            #[inline(always)]
+            |r, o| {
+                let (yr, gr) = (&y[r * t..(r + 1) * t], &g[r * t..(r + 1) * t]);
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for i in 0..t {
+                    o[i] = yr[i] * (gr[i] - dot);
+                }
+            },
+        );
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
 }
@@ -288,7 +313,12 @@ impl CustomOp1 for Rope {
         if d != 2 * self.tables.half {
             bail!("rope: head_dim {d} does not match the tables ({})", 2 * self.tables.half)
         }
-        let out = map_rows(x.len() / d, d, #[inline(always)] |r, o| self.rotate(r, &x[r * d..(r + 1) * d], o));
+        let out = map_rows(
+            x.len() / d,
+            d,
+            #[inline(always)]
+            |r, o| self.rotate(r, &x[r * d..(r + 1) * d], o),
+        );
         Ok((storage_of(out, s.dtype())?, l.shape().clone()))
     }
 
@@ -314,12 +344,17 @@ impl CustomOp2 for SiluMul {
             bail!("silu-mul: gate and up differ in size")
         }
         let d = last_dim(l1);
-        let out = map_rows(g.len() / d.max(1), d, #[inline(always)] |r, o| {
-            for (i, o) in o.iter_mut().enumerate() {
-                let gv = g[r * d + i];
-                *o = gv * sigmoid(gv) * u[r * d + i];
-            }
-        });
+        let out = map_rows(
+            g.len() / d.max(1),
+            d,
+            #[inline(always)]
+            |r, o| {
+                for (i, o) in o.iter_mut().enumerate() {
+                    let gv = g[r * d + i];
+                    *o = gv * sigmoid(gv) * u[r * d + i];
+                }
+            },
+        );
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
 
@@ -347,29 +382,26 @@ impl CustomOp3 for SiluMulBwd {
         "meft-silu-mul-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = f32_data(s1, l1, self.name())?;
         let u = f32_data(s2, l2, self.name())?;
         let dy = f32_data(s3, l3, self.name())?;
         let d = last_dim(l1);
-        let out = map_rows(g.len() / d.max(1), d, #[inline(always)] |r, o| {
-            for (i, o) in o.iter_mut().enumerate() {
-                let k = r * d + i;
-                let sg = sigmoid(g[k]);
-                *o = match self.wrt {
-                    SiluMulArg::Gate => dy[k] * u[k] * sg * (1.0 + g[k] * (1.0 - sg)),
-                    SiluMulArg::Up => dy[k] * g[k] * sg,
-                };
-            }
-        });
+        let out = map_rows(
+            g.len() / d.max(1),
+            d,
+            #[inline(always)]
+            |r, o| {
+                for (i, o) in o.iter_mut().enumerate() {
+                    let k = r * d + i;
+                    let sg = sigmoid(g[k]);
+                    *o = match self.wrt {
+                        SiluMulArg::Gate => dy[k] * u[k] * sg * (1.0 + g[k] * (1.0 - sg)),
+                        SiluMulArg::Up => dy[k] * g[k] * sg,
+                    };
+                }
+            },
+        );
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
 }
@@ -419,27 +451,37 @@ impl CustomOp2 for SwiGluBwd {
 /// `silu(gate) ∘ up` of packed rows of width `w` (gate columns, then up columns).
 pub(super) fn swiglu_rows(x: &[f32], w: usize) -> Vec<f32> {
     let f = w / 2;
-    map_rows(x.len() / w.max(1), f, #[inline(always)] |r, o| {
-        let (g, u) = x[r * w..(r + 1) * w].split_at(f);
-        for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-            *o = gv * sigmoid(gv) * uv;
-        }
-    })
+    map_rows(
+        x.len() / w.max(1),
+        f,
+        #[inline(always)]
+        |r, o| {
+            let (g, u) = x[r * w..(r + 1) * w].split_at(f);
+            for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+                *o = gv * sigmoid(gv) * uv;
+            }
+        },
+    )
 }
 
 /// Gradient of [`swiglu_rows`] for the output gradient `dy`, packed like the input.
 pub(super) fn swiglu_bwd_rows(x: &[f32], dy: &[f32], w: usize) -> Vec<f32> {
     let f = w / 2;
-    map_rows(x.len() / w.max(1), w, #[inline(always)] |r, o| {
-        let (g, u) = x[r * w..(r + 1) * w].split_at(f);
-        let dy = &dy[r * f..(r + 1) * f];
-        let (og, ou) = o.split_at_mut(f);
-        for ((((og, ou), &gv), &uv), &d) in og.iter_mut().zip(ou).zip(g).zip(u).zip(dy) {
-            let sg = sigmoid(gv);
-            *og = d * uv * sg * (1.0 + gv * (1.0 - sg));
-            *ou = d * gv * sg;
-        }
-    })
+    map_rows(
+        x.len() / w.max(1),
+        w,
+        #[inline(always)]
+        |r, o| {
+            let (g, u) = x[r * w..(r + 1) * w].split_at(f);
+            let dy = &dy[r * f..(r + 1) * f];
+            let (og, ou) = o.split_at_mut(f);
+            for ((((og, ou), &gv), &uv), &d) in og.iter_mut().zip(ou).zip(g).zip(u).zip(dy) {
+                let sg = sigmoid(gv);
+                *og = d * uv * sg * (1.0 + gv * (1.0 - sg));
+                *ou = d * gv * sg;
+            }
+        },
+    )
 }
 
 // ------------------------------------------------------------------ cross-entropy
@@ -516,7 +558,6 @@ pub(super) fn targets<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [u32]
     })
 }
 
-
 /// Log-sum-exp of every scored row of the `(rows, vocab)` logits `z`, after checking that there
 /// is one target per scored row and that each lies inside the vocabulary.
 pub(super) fn scored_log_sum_exps(op: &str, z: &[f32], vocab: usize, rows: LogitRows, targets: &[u32]) -> Result<Vec<f32>> {
@@ -533,7 +574,10 @@ pub(super) fn scored_log_sum_exps(op: &str, z: &[f32], vocab: usize, rows: Logit
 
 /// A row of logits (log-sum-exp `lse`) becomes its NLL gradient `g·(softmax − onehot(target))`.
 pub(super) fn nll_grad_in_place(row: &mut [f32], lse: f32, g: f32, target: usize) {
-    vectorized(#[inline(always)] || row.iter_mut().for_each(|z| *z = fastexp::exp(*z - lse) * g));
+    vectorized(
+        #[inline(always)]
+        || row.iter_mut().for_each(|z| *z = fastexp::exp(*z - lse) * g),
+    );
     row[target] -= g;
 }
 
@@ -547,25 +591,22 @@ impl CustomOp3 for CrossEntropyBwd {
         "meft-cross-entropy-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let z = f32_data(s1, l1, self.name())?;
         let t = targets(s2, l2)?;
         let g = f32_data(s3, l3, self.name())?;
         let v = last_dim(l1);
-        let out = map_rows(z.len() / v.max(1), v, #[inline(always)] |r, o| {
-            let Some(k) = self.rows.scored(r) else { return };
-            let row = &z[r * v..(r + 1) * v];
-            o.copy_from_slice(row);
-            nll_grad_in_place(o, log_sum_exp(row), g[k], t[k] as usize);
-        });
+        let out = map_rows(
+            z.len() / v.max(1),
+            v,
+            #[inline(always)]
+            |r, o| {
+                let Some(k) = self.rows.scored(r) else { return };
+                let row = &z[r * v..(r + 1) * v];
+                o.copy_from_slice(row);
+                nll_grad_in_place(o, log_sum_exp(row), g[k], t[k] as usize);
+            },
+        );
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
 }

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
-use meft_core::bf16::Bf16Weight;
-use super::gemm::{matmul_column_split, Dst, Mat};
+use super::gemm::{Dst, Mat, matmul_column_split};
 #[cfg(test)]
-use super::gemm::{matmul, Parallelism};
+use super::gemm::{Parallelism, matmul};
 use super::kernels::{f32_data, last_dim, with_last_dim};
+use meft_core::bf16::Bf16Weight;
 
 /// A frozen weight `(out, in)` as the row kernels see it: its f32 values and, when the model
 /// computes its frozen products in bf16, the companion that does.
@@ -181,23 +181,11 @@ impl CustomOp3 for FrozenLinearResidual {
         "meft-frozen-linear-residual"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (Some((a1, b1)), Some((a2, b2)), Some((a3, b3))) =
-            (l1.contiguous_offsets(), l2.contiguous_offsets(), l3.contiguous_offsets())
-        else {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((a1, b1)), Some((a2, b2)), Some((a3, b3))) = (l1.contiguous_offsets(), l2.contiguous_offsets(), l3.contiguous_offsets()) else {
             bail!("frozen-linear-residual: inputs must be contiguous")
         };
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(h)) = (s1, s2, s3) else {
-            bail!("frozen-linear-residual: f32 inputs only")
-        };
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(h)) = (s1, s2, s3) else { bail!("frozen-linear-residual: f32 inputs only") };
         let (x, w, h) = (&x[a1..b1], &w[a2..b2], &h[a3..b3]);
         let &[out_dim, in_dim] = l2.dims() else { bail!("frozen-linear-residual: weight must be 2-d") };
         let rows = x.len() / in_dim.max(1);

@@ -16,15 +16,15 @@ mod linear;
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{D, DType, Device, Result, Tensor};
 
 pub use attention::HeadDims;
-pub use meft_core::bf16::{matmul_slow as bf16_matmul_slow, Bf16Weight, FrozenPrecision};
-pub use block::{attention_block, mlp_block, AttentionBlockWeights, MlpBlockWeights};
 use attention::{Attention, KeepProbs, KvHeads, RopeSpec};
+pub use block::{AttentionBlockWeights, MlpBlockWeights, attention_block, mlp_block};
 pub use kernels::RopeTables;
 use kernels::{CausalMask, CrossEntropy, LogitRows, MaskedSoftmax, RmsNorm, Rope, SiluMul, SwiGlu};
 use linear::{FrozenLinear, FrozenLinearGrad, FrozenLinearResidual};
+pub use meft_core::bf16::{Bf16Weight, FrozenPrecision, matmul_slow as bf16_matmul_slow};
 
 use crate::config::RopeLayout;
 
@@ -253,14 +253,7 @@ pub fn attention(
 
 /// Reference form of [`attention`]: query heads of one KV group stacked along the rows, one
 /// batched matmul per KV head, the additive-mask softmax from basic ops.
-pub fn attention_slow(
-    qkv: &Tensor,
-    kv: &Tensor,
-    tables: &RopeTables,
-    layout: RopeLayout,
-    dims: HeadDims,
-    mask: AttentionMask,
-) -> Result<Tensor> {
+pub fn attention_slow(qkv: &Tensor, kv: &Tensor, tables: &RopeTables, layout: RopeLayout, dims: HeadDims, mask: AttentionMask) -> Result<Tensor> {
     let (b, s, _) = qkv.dims3()?;
     let HeadDims { heads: h, kv_heads: kvh, head_dim: hd } = dims;
     let q = rope_slow(&qkv.narrow(2, 0, h * hd)?.reshape((b, s, h, hd))?, tables, layout)?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use meft_models::{hf, Llama, ModelConfig, OpPath, WeightMap};
+use meft_models::{Llama, ModelConfig, OpPath, WeightMap, hf};
 
 /// The fixture cases written by `tools/golden/make_fixtures.py`.
 pub const CASES: [&str; 2] = ["llama_tiny", "mistral_tiny"];

@@ -70,9 +70,7 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
         Value::I32Array(items) => {
             out.extend_from_slice(&5u32.to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            items
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            items.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
         }
     }
 }
@@ -106,9 +104,7 @@ impl GgufWriter {
         for t in &self.tensors {
             put_str(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            t.dims
-                .iter()
-                .for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+            t.dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
             out.extend_from_slice(&t.ggml_type.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
             offset += (t.data.len() as u64).div_ceil(32) * 32;
@@ -143,16 +139,8 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
 
 fn f32_tensor(name: &str, dims: &[u64], seed: u64) -> RawTensor {
     let n = dims.iter().product::<u64>() as usize;
-    let data = values(n, seed)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    RawTensor {
-        name: name.into(),
-        dims: dims.to_vec(),
-        ggml_type: 0,
-        data,
-    }
+    let data = values(n, seed).iter().flat_map(|v| v.to_le_bytes()).collect();
+    RawTensor { name: name.into(), dims: dims.to_vec(), ggml_type: 0, data }
 }
 
 /// Q8_0 encoding of `v` (length a multiple of 32).
@@ -169,16 +157,7 @@ pub fn q8_0(v: &[f32]) -> Vec<u8> {
 }
 
 /// Vocabulary of the tiny model: three control tokens, then byte-level pieces.
-pub const TOKENS: [&str; 8] = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "a",
-    "b",
-    "c",
-    "Ġ",
-    "ab",
-];
+pub const TOKENS: [&str; 8] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "c", "Ġ", "ab"];
 
 /// A complete tiny LLaMA GGUF (see the module doc). The embedding is Q8_0, the rest F32.
 pub fn tiny_llama() -> GgufWriter {
@@ -193,39 +172,19 @@ pub fn tiny_llama() -> GgufWriter {
         ("llama.attention.head_count".into(), Value::U32(2)),
         ("llama.attention.head_count_kv".into(), Value::U32(1)),
         ("llama.rope.freq_base".into(), Value::F32(10000.0)),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            Value::F32(1e-5),
-        ),
+        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
         ("llama.vocab_size".into(), Value::U32(vocab as u32)),
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s("smollm")),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::StrArray(TOKENS.iter().map(|t| t.to_string()).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            Value::I32Array(vec![3, 3, 3, 1, 1, 1, 1, 1]),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::StrArray(vec!["a b".into()]),
-        ),
+        ("tokenizer.ggml.tokens".into(), Value::StrArray(TOKENS.iter().map(|t| t.to_string()).collect())),
+        ("tokenizer.ggml.token_type".into(), Value::I32Array(vec![3, 3, 3, 1, 1, 1, 1, 1])),
+        ("tokenizer.ggml.merges".into(), Value::StrArray(vec!["a b".into()])),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        (
-            "tokenizer.chat_template".into(),
-            s("{{'<|im_start|>' + message['role']}}"),
-        ),
+        ("tokenizer.chat_template".into(), s("{{'<|im_start|>' + message['role']}}")),
     ];
-    let embd = RawTensor {
-        name: "token_embd.weight".into(),
-        dims: vec![d, vocab],
-        ggml_type: 8,
-        data: q8_0(&values((d * vocab) as usize, 1)),
-    };
+    let embd = RawTensor { name: "token_embd.weight".into(), dims: vec![d, vocab], ggml_type: 8, data: q8_0(&values((d * vocab) as usize, 1)) };
     let tensors = vec![
         embd,
         f32_tensor("blk.0.attn_norm.weight", &[d], 2),
@@ -239,12 +198,7 @@ pub fn tiny_llama() -> GgufWriter {
         f32_tensor("blk.0.ffn_down.weight", &[ffn, d], 10),
         f32_tensor("output_norm.weight", &[d], 11),
     ];
-    GgufWriter {
-        magic: *b"GGUF",
-        version: 3,
-        kv,
-        tensors,
-    }
+    GgufWriter { magic: *b"GGUF", version: 3, kv, tensors }
 }
 
 /// A fresh directory under the system temp dir, unique per test and process.

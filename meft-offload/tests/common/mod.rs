@@ -8,9 +8,7 @@ use candle_core::{Device, Tensor};
 use meft_core::AdapterHook;
 use meft_core::optim::AdamWConfig;
 use meft_core::sparse::Evaluation;
-use meft_offload::{
-    DeviceKind, HostOptimizer, LayerArena, MeftAdapter, MeftConfig, OffloadDevice, OffloadPlan, PrefetchMode,
-};
+use meft_offload::{DeviceKind, HostOptimizer, LayerArena, MeftAdapter, MeftConfig, OffloadDevice, OffloadPlan, PrefetchMode};
 use meft_router::Scoring;
 
 /// xorshift64: deterministic data without an RNG crate.

@@ -51,10 +51,7 @@ impl KeyLoad for bf16 {
             let raw = _mm256_loadu_si256(p.cast());
             let lo = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw));
             let hi = _mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(raw));
-            (
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(lo)),
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(hi)),
-            )
+            (_mm256_castsi256_ps(_mm256_slli_epi32::<16>(lo)), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(hi)))
         }
     }
 
@@ -83,21 +80,14 @@ type Acc<const TA: usize> = [[(__m256, __m256); TILE_KEYS]; TA];
 /// AVX2 + FMA present; every pointer valid for 16 reads.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn step<const TA: usize, K: KeyLoad>(
-    acc: &mut Acc<TA>,
-    xp: [*const f32; TA],
-    kp: [*const K; TILE_KEYS],
-) {
+unsafe fn step<const TA: usize, K: KeyLoad>(acc: &mut Acc<TA>, xp: [*const f32; TA], kp: [*const K; TILE_KEYS]) {
     for b in 0..TILE_KEYS {
         // SAFETY: forwarded from the caller.
         let (kl, kh) = unsafe { K::load16(kp[b]) };
         for a in 0..TA {
             // SAFETY: forwarded from the caller.
             let (xl, xh) = unsafe { (_mm256_loadu_ps(xp[a]), _mm256_loadu_ps(xp[a].add(8))) };
-            acc[a][b] = (
-                _mm256_fmadd_ps(xl, kl, acc[a][b].0),
-                _mm256_fmadd_ps(xh, kh, acc[a][b].1),
-            );
+            acc[a][b] = (_mm256_fmadd_ps(xl, kl, acc[a][b].0), _mm256_fmadd_ps(xh, kh, acc[a][b].1));
         }
     }
 }
@@ -109,14 +99,7 @@ unsafe fn step<const TA: usize, K: KeyLoad>(
 /// AVX2 + FMA present; every pointer valid for `d` elements; `out` valid for the written
 /// `TA × nb` entries at stride `os`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const TA: usize, K: KeyLoad>(
-    xp: [*const f32; TA],
-    kp: [*const K; TILE_KEYS],
-    d: usize,
-    nb: usize,
-    out: *mut f32,
-    os: usize,
-) {
+unsafe fn tile<const TA: usize, K: KeyLoad>(xp: [*const f32; TA], kp: [*const K; TILE_KEYS], d: usize, nb: usize, out: *mut f32, os: usize) {
     let zero = _mm256_setzero_ps();
     let mut acc: Acc<TA> = [[(zero, zero); TILE_KEYS]; TA];
     let full = d / LANES;
@@ -143,13 +126,7 @@ unsafe fn tile<const TA: usize, K: KeyLoad>(
             }
         }
         // SAFETY: the padded buffers hold 16 values each.
-        unsafe {
-            step(
-                &mut acc,
-                std::array::from_fn(|a| xs[a].as_ptr()),
-                std::array::from_fn(|b| ks[b].as_ptr()),
-            )
-        };
+        unsafe { step(&mut acc, std::array::from_fn(|a| xs[a].as_ptr()), std::array::from_fn(|b| ks[b].as_ptr())) };
     }
     for (a, row) in acc.iter().enumerate() {
         for (b, &(lo, hi)) in row.iter().enumerate().take(nb) {
@@ -163,15 +140,7 @@ unsafe fn tile<const TA: usize, K: KeyLoad>(
 ///
 /// # Safety
 /// AVX2 + FMA present; the arguments satisfy the checks of the parent's `score_block`.
-pub(super) unsafe fn score_block(
-    x: &[f32],
-    tokens: &[u32],
-    keys: &KeysView<'_>,
-    b0: usize,
-    nb: usize,
-    out: &mut [f32],
-    os: usize,
-) {
+pub(super) unsafe fn score_block(x: &[f32], tokens: &[u32], keys: &KeysView<'_>, b0: usize, nb: usize, out: &mut [f32], os: usize) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match keys.elems() {
@@ -185,16 +154,7 @@ pub(super) unsafe fn score_block(
 /// As [`score_block`].
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn blocks<K: KeyLoad>(
-    x: &[f32],
-    tokens: &[u32],
-    k: &[K],
-    stride: usize,
-    d: usize,
-    (b0, nb): (usize, usize),
-    out: &mut [f32],
-    os: usize,
-) {
+unsafe fn blocks<K: KeyLoad>(x: &[f32], tokens: &[u32], k: &[K], stride: usize, d: usize, (b0, nb): (usize, usize), out: &mut [f32], os: usize) {
     let xrow = |t: u32| x.as_ptr().wrapping_add(t as usize * d);
     super::for_each_tile(nb, tokens, TILE_KEYS, TILE_TOKENS, |c0, n, r0, t| {
         let kp = super::tile_rows::<K, TILE_KEYS>(k, stride, b0 + c0, n);

@@ -117,7 +117,15 @@ pub fn run_key_experts(ctx: &Context, runner: &Runner) -> Result<Section> {
     md += &md_table(&HEAD, &rows(&r, |_| "–"));
     md += "\nThe paper's claim (Fig. 4): Key-Experts keeps the EM of exact retrieval at a fraction of the scoring cost (O(d·√M) instead of O(d·M) per token); the spec carries no numbers for Fig. 4.\n";
     let series: Vec<plot::Series> = r.points.iter().map(|p| plot::Series { label: p.label.clone(), points: curve(&r.runs, &p.label) }).collect();
-    let names = plot::line_chart(&ctx.figures_dir(), "key_experts", "EM on trained facts by epoch: Key-Experts vs exact top-K", "epoch", "EM on trained facts", &series, plot::AxisScale::Linear)?;
+    let names = plot::line_chart(
+        &ctx.figures_dir(),
+        "key_experts",
+        "EM on trained facts by epoch: Key-Experts vs exact top-K",
+        "epoch",
+        "EM on trained facts",
+        &series,
+        plot::AxisScale::Linear,
+    )?;
     finish(ctx, r, md, names, ExperimentId::KeyExperts, "3. MEFT without Key-Experts (Fig. 4)")
 }
 
@@ -137,7 +145,8 @@ pub fn run_experts(ctx: &Context, runner: &Runner) -> Result<Section> {
         320 => "0.327 (NQ, N = 320)",
         _ => "–",
     };
-    let mut md = setup_text(ctx, &r, "P = N / 4, so every router scores a quarter of the keys per token and only the granularity of the experts varies.");
+    let mut md =
+        setup_text(ctx, &r, "P = N / 4, so every router scores a quarter of the keys per token and only the granularity of the experts varies.");
     md += &md_table(&HEAD, &rows(&r, paper));
     md += "\nThe paper's claim (Fig. 7): the expert count matters little for end-task EM (0.317 with 8 experts, 0.327 with 320, M = 6400); more experts slightly better.\n";
     let em: Vec<(f64, f64)> = r.points.iter().map(|p| (p.experts as f64, em_of(&r.runs, &p.label, |o| o.final_point.train_em).mean)).collect();
@@ -148,7 +157,15 @@ pub fn run_experts(ctx: &Context, runner: &Runner) -> Result<Section> {
         plot::Series { label: "recall@K, trained router".into(), points: recall },
         plot::Series { label: "recall@K, at initialisation".into(), points: init },
     ];
-    let names = plot::line_chart(&ctx.figures_dir(), "experts", "Number of Key-Experts (P = N/4), trained", "experts N", "EM / recall@K", &series, plot::AxisScale::Log)?;
+    let names = plot::line_chart(
+        &ctx.figures_dir(),
+        "experts",
+        "Number of Key-Experts (P = N/4), trained",
+        "experts N",
+        "EM / recall@K",
+        &series,
+        plot::AxisScale::Log,
+    )?;
     finish(ctx, r, md, names, ExperimentId::Experts, "5. Number of Key-Experts, trained (Fig. 7)")
 }
 
@@ -166,8 +183,18 @@ fn finish(ctx: &Context, r: Results, mut md: String, names: Vec<String>, id: Exp
             u64_column("top_p", "1", "P", r.points.iter().map(|p| p.top_p as u64).collect()),
             f64_column("recall_trained", "1", "recall@K of the trained router", r.points.iter().map(|p| p.trained.recall).collect()),
             f64_column("recall_initial", "1", "recall@K before training", r.points.iter().map(|p| p.initial.recall).collect()),
-            f64_column("route_ms_per_1k", "ms", "routing time per 1000 tokens and layer", r.points.iter().map(|p| p.trained.route_ms_per_1k).collect()),
-            f64_column("train_em", "1", "trained-fact EM", r.points.iter().map(|p| em_of(&r.runs, &p.label, |o| o.final_point.train_em).mean).collect()),
+            f64_column(
+                "route_ms_per_1k",
+                "ms",
+                "routing time per 1000 tokens and layer",
+                r.points.iter().map(|p| p.trained.route_ms_per_1k).collect(),
+            ),
+            f64_column(
+                "train_em",
+                "1",
+                "trained-fact EM",
+                r.points.iter().map(|p| em_of(&r.runs, &p.label, |o| o.final_point.train_em).mean).collect(),
+            ),
         ],
     };
     let h5 = write_h5(ctx, id.name(), title, &serde_json::to_value(&r.base)?, &[table])?;

@@ -13,8 +13,15 @@ use crate::repro::{Context, DataSource, ExperimentId, Profile, Section, plot};
 use crate::train::config::MethodKind;
 
 /// The paper's Table 2 (PA size → SQuAD EM, ToolBench IoU; LLaMA-7B), as printed.
-const PAPER_TABLE2: [(usize, &str, &str); 7] =
-    [(128, "0.106", "0.604"), (512, "0.120", "0.593"), (1024, "0.164", "0.636"), (1536, "0.236", "0.622"), (2048, "0.248", "0.624"), (4096, "0.265", "0.651"), (6144, "0.295", "0.637")];
+const PAPER_TABLE2: [(usize, &str, &str); 7] = [
+    (128, "0.106", "0.604"),
+    (512, "0.120", "0.593"),
+    (1024, "0.164", "0.636"),
+    (1536, "0.236", "0.622"),
+    (2048, "0.248", "0.624"),
+    (4096, "0.265", "0.651"),
+    (6144, "0.295", "0.637"),
+];
 
 /// The grid of a profile: (PA neurons, LoRA ranks, AdapterH units, MEFT host neurons).
 #[derive(Debug, Clone, Serialize)]
@@ -29,8 +36,15 @@ fn grid(profile: Profile, source: &DataSource, base: &AblationBase) -> Grid {
     let s = &base.scale;
     let real = *source == DataSource::Real;
     match (profile, real) {
-        (Profile::Smoke, _) | (_, false) => Grid { pa: vec![s.pa_neurons / 2, s.pa_neurons], lora: vec![2], adapter_h: vec![base.budget.adapter_h_units], meft: vec![s.meft_neurons] },
-        (Profile::Default, true) => Grid { pa: vec![16, 64, 256, 640], lora: vec![8, base.budget.lora_rank, 128], adapter_h: vec![16, base.budget.adapter_h_units], meft: vec![256, 1024, 4096] },
+        (Profile::Smoke, _) | (_, false) => {
+            Grid { pa: vec![s.pa_neurons / 2, s.pa_neurons], lora: vec![2], adapter_h: vec![base.budget.adapter_h_units], meft: vec![s.meft_neurons] }
+        }
+        (Profile::Default, true) => Grid {
+            pa: vec![16, 64, 256, 640],
+            lora: vec![8, base.budget.lora_rank, 128],
+            adapter_h: vec![16, base.budget.adapter_h_units],
+            meft: vec![256, 1024, 4096],
+        },
         (Profile::Full, true) => Grid {
             pa: vec![16, 32, 64, 128, 256, 640],
             lora: vec![8, base.budget.lora_rank, 128, 512],
@@ -85,7 +99,13 @@ pub fn run(ctx: &Context, runner: &Runner) -> Result<Section> {
          every size whatever their device bytes; MEFT's host adapter grows under the one device budget ({:.1} MiB: its working set C and gates fitted \
          to it, N = min(32, M / 16) experts). **Measured:** trained-fact EM (teacher-forced greedy exact match), held-out EM, trainable parameters, device bytes; \
          ✔ marks a size within the budget.\n\n",
-        base_facts(&r), r.base.dataset, r.base.scale.epochs, r.base.lr, r.base.scale.adapted_layers, r.base.seeds.len(), r.base.budget.bytes as f64 / 1048576.0
+        base_facts(&r),
+        r.base.dataset,
+        r.base.scale.epochs,
+        r.base.lr,
+        r.base.scale.adapted_layers,
+        r.base.seeds.len(),
+        r.base.budget.bytes as f64 / 1048576.0
     );
     md += &table(&r);
     md += &table2(&r);
@@ -94,7 +114,14 @@ pub fn run(ctx: &Context, runner: &Runner) -> Result<Section> {
          (≈ 0.28–0.31 from r = 4 to 2048). Per-run data: `{h5}`.\n"
     );
     let results = serde_json::to_value(&r)?;
-    Ok(Section { id: ExperimentId::Size, title: "2. Adapter size: EM against trainable parameters (Fig. 1, Table 2)".into(), markdown: md, figures, results, wall_seconds: 0.0 })
+    Ok(Section {
+        id: ExperimentId::Size,
+        title: "2. Adapter size: EM against trainable parameters (Fig. 1, Table 2)".into(),
+        markdown: md,
+        figures,
+        results,
+        wall_seconds: 0.0,
+    })
 }
 
 fn base_facts(r: &Results) -> usize {
@@ -136,7 +163,8 @@ fn table(r: &Results) -> String {
 
 /// Our PA sizes beside the paper's Table 2 (different model, data and metric: shapes only).
 fn table2(r: &Results) -> String {
-    let ours: Vec<String> = r.grid.pa.iter().map(|m| format!("M = {m}: {:.3}", em_of(&r.runs, &format!("PA M={m}"), |o| o.final_point.train_em).mean)).collect();
+    let ours: Vec<String> =
+        r.grid.pa.iter().map(|m| format!("M = {m}: {:.3}", em_of(&r.runs, &format!("PA M={m}"), |o| o.final_point.train_em).mean)).collect();
     let paper: Vec<Vec<String>> = PAPER_TABLE2.iter().map(|(m, squad, tool)| vec![m.to_string(), squad.to_string(), tool.to_string()]).collect();
     format!(
         "\n**Table 2 beside ours.** Ours (PA, trained-fact EM on {}): {}. The paper's Table 2 (LLaMA-7B PA size → SQuAD EM / ToolBench IoU):\n\n{}",
@@ -152,7 +180,9 @@ fn figure(ctx: &Context, r: &Results) -> Result<Vec<String>> {
         let mut points: Vec<(f64, f64)> = labels(r)
             .iter()
             .filter(|l| l.starts_with(&format!("{family} ")))
-            .filter_map(|l| r.runs.iter().find(|o| &o.label == l).map(|o| (o.trainable_params.max(1) as f64, em_of(&r.runs, l, |o| o.final_point.train_em).mean)))
+            .filter_map(|l| {
+                r.runs.iter().find(|o| &o.label == l).map(|o| (o.trainable_params.max(1) as f64, em_of(&r.runs, l, |o| o.final_point.train_em).mean))
+            })
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         if !points.is_empty() {
@@ -161,7 +191,8 @@ fn figure(ctx: &Context, r: &Results) -> Result<Vec<String>> {
         }
     }
     let title = format!("EM on trained facts vs trainable parameters (budget {:.1} MiB)", r.base.budget.bytes as f64 / 1048576.0);
-    let names = plot::line_chart(&ctx.figures_dir(), "size_scaling", &title, "trainable parameters", "EM on trained facts", &series, plot::AxisScale::Log)?;
+    let names =
+        plot::line_chart(&ctx.figures_dir(), "size_scaling", &title, "trainable parameters", "EM on trained facts", &series, plot::AxisScale::Log)?;
     Ok(figure_paths(&names))
 }
 

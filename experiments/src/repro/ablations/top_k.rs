@@ -42,39 +42,68 @@ pub fn run(ctx: &Context, runner: &Runner) -> Result<Section> {
     }
     let runs = runner.run_all(&specs)?;
     let r = Results { base, neurons, ks, runs };
-    let rows: Vec<Vec<String>> = r
-        .ks
-        .iter()
-        .map(|&k| {
-            let l = label(k, r.neurons);
-            let o = r.runs.iter().find(|o| o.label == l);
-            let paper = PAPER.iter().find(|(pk, _)| match pk { Some(pk) => *pk == k, None => k >= r.neurons }).map_or("–", |p| p.1);
-            vec![
-                l.clone(),
-                em_of(&r.runs, &l, |o| o.final_point.train_em).cell(),
-                format!("{:.3}", em_of(&r.runs, &l, |o| o.final_point.held_out_em).mean),
-                o.map_or("-".into(), |o| format!("{:.0}", o.tokens_per_s)),
-                o.and_then(|o| o.meft).map_or("-".into(), |m| format!("{:.0}", m.mean_union_rows)),
-                paper.into(),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> =
+        r.ks.iter()
+            .map(|&k| {
+                let l = label(k, r.neurons);
+                let o = r.runs.iter().find(|o| o.label == l);
+                let paper = PAPER
+                    .iter()
+                    .find(|(pk, _)| match pk {
+                        Some(pk) => *pk == k,
+                        None => k >= r.neurons,
+                    })
+                    .map_or("–", |p| p.1);
+                vec![
+                    l.clone(),
+                    em_of(&r.runs, &l, |o| o.final_point.train_em).cell(),
+                    format!("{:.3}", em_of(&r.runs, &l, |o| o.final_point.held_out_em).mean),
+                    o.map_or("-".into(), |o| format!("{:.0}", o.tokens_per_s)),
+                    o.and_then(|o| o.meft).map_or("-".into(), |m| format!("{:.0}", m.mean_union_rows)),
+                    paper.into(),
+                ]
+            })
+            .collect();
     let mut md = format!("{}\n\n", scale_line(ctx));
     md += &format!(
         "**Setup.** MEFT with M = {} neurons per layer on the last {} layers, {} facts of {}, {} epochs, learning rate {:e}, {} Key-Experts with {} \
          probed (all of them for dense); the working set holds all M rows, so no selection is dropped and only the sparsity varies (this isolates K from \
          the memory budget, which Table 1 applies). {} seed(s). **Measured:** trained-fact EM, held-out EM, training tokens/s on one thread, mean |U| \
          per layer and micro-batch.\n\n",
-        r.neurons, s.adapted_layers, s.facts, r.base.dataset, s.epochs, r.base.lr, s.experts, s.top_p, r.base.seeds.len()
+        r.neurons,
+        s.adapted_layers,
+        s.facts,
+        r.base.dataset,
+        s.epochs,
+        r.base.lr,
+        s.experts,
+        s.top_p,
+        r.base.seeds.len()
     );
     md += &md_table(&["K", "EM trained", "EM held-out", "train tokens/s", "mean |U|", "paper NQ EM (Fig. 6, M = 4096)"], &rows);
     md += "\nThe paper's claim: sparsity costs little (K = 64: 0.411 against dense 0.407).\n";
-    let points: Vec<(f64, f64)> = r.ks.iter().map(|&k| (k.min(r.neurons) as f64, em_of(&r.runs, &label(k, r.neurons), |o| o.final_point.train_em).mean)).collect();
-    let names = plot::line_chart(&ctx.figures_dir(), "top_k", "EM on trained facts vs neurons kept per token (K = M: dense)", "K", "EM on trained facts", &[plot::Series { label: format!("MEFT M = {}", r.neurons), points }], plot::AxisScale::Log)?;
+    let points: Vec<(f64, f64)> =
+        r.ks.iter().map(|&k| (k.min(r.neurons) as f64, em_of(&r.runs, &label(k, r.neurons), |o| o.final_point.train_em).mean)).collect();
+    let names = plot::line_chart(
+        &ctx.figures_dir(),
+        "top_k",
+        "EM on trained facts vs neurons kept per token (K = M: dense)",
+        "K",
+        "EM on trained facts",
+        &[plot::Series { label: format!("MEFT M = {}", r.neurons), points }],
+        plot::AxisScale::Log,
+    )?;
     let h5 = write_h5(ctx, "top_k", "Fig. 6: EM against K", &serde_json::json!({ "neurons": r.neurons, "ks": r.ks }), &[h5_table(&r.runs)])?;
     md += &format!("Per-run data: `{h5}`.\n");
     let results = serde_json::to_value(&r)?;
-    Ok(Section { id: ExperimentId::TopK, title: "4. Neurons kept per token K, trained (Fig. 6)".into(), markdown: md, figures: figure_paths(&names), results, wall_seconds: 0.0 })
+    Ok(Section {
+        id: ExperimentId::TopK,
+        title: "4. Neurons kept per token K, trained (Fig. 6)".into(),
+        markdown: md,
+        figures: figure_paths(&names),
+        results,
+        wall_seconds: 0.0,
+    })
 }
 
 fn h5_table(runs: &[RunOutcome]) -> meft_eval::h5::Table {

@@ -90,7 +90,20 @@ impl Plan {
             (Profile::Default, _) => (32, 16),
             (Profile::Full, _) => (80, 48),
         };
-        Self { scale, tasks, seeds, headline_methods, headline_tasks, extra_baseline_tasks, lr_grid, sweep_methods, sweep_facts, sweep_epochs, gen_examples, beam_examples }
+        Self {
+            scale,
+            tasks,
+            seeds,
+            headline_methods,
+            headline_tasks,
+            extra_baseline_tasks,
+            lr_grid,
+            sweep_methods,
+            sweep_facts,
+            sweep_epochs,
+            gen_examples,
+            beam_examples,
+        }
     }
 
     /// Whether `method` has a cell in the column `task`.
@@ -198,11 +211,20 @@ fn task_specs(ctx: &Context, plan: &Plan, task: &Task, lr: f64) -> Result<(Vec<R
             let per_epoch = setup::steps_per_epoch(train, &raw);
             setup::eval_every(&mut raw, per_epoch, scale.eval_every_epochs);
             let mut gen_sets = if seed == plan.seeds[0] { generation.greedy.clone() } else { Vec::new() };
-            if seed == plan.seeds[0] && plan.is_headline(&task.name, method) || (seed == plan.seeds[0] && method == MethodId::Base && task.kind == TaskKind::Qa) {
+            if seed == plan.seeds[0] && plan.is_headline(&task.name, method)
+                || (seed == plan.seeds[0] && method == MethodId::Base && task.kind == TaskKind::Qa)
+            {
                 gen_sets.extend(generation.beam.clone());
             }
             let key = format!("table1/{}/{}/seed{seed}", task.name, method.label());
-            specs.push(RunSpec { key, task: task.name.clone(), label: method.label().into(), raw, probes: task.probes && ctx.source == DataSource::Real, generation: gen_sets });
+            specs.push(RunSpec {
+                key,
+                task: task.name.clone(),
+                label: method.label().into(),
+                raw,
+                probes: task.probes && ctx.source == DataSource::Real,
+                generation: gen_sets,
+            });
         }
     }
     Ok((specs, budget))

@@ -45,15 +45,35 @@ pub fn section(ctx: &Context, r: &Results) -> Result<Section> {
     md += MISTRAL;
     let mut figures = curves(ctx, r)?;
     figures.extend(sweep_figure(ctx, r)?);
-    let h5 = write_h5(ctx, "table1", "Table 1: every task and baseline under one device budget", &serde_json::to_value(&r.plan)?, &[h5_table(&r.runs)])?;
+    let h5 =
+        write_h5(ctx, "table1", "Table 1: every task and baseline under one device budget", &serde_json::to_value(&r.plan)?, &[h5_table(&r.runs)])?;
     md += &format!("\nPer-run data: `{h5}` and `results/table1.json` (every run's curve, per-example exact match and generation scores).\n");
     let results = serde_json::to_value(r)?;
-    Ok(Section { id: ExperimentId::Table1, title: "1. Table 1: every task and baseline under one device budget".into(), markdown: md, figures, results, wall_seconds: 0.0 })
+    Ok(Section {
+        id: ExperimentId::Table1,
+        title: "1. Table 1: every task and baseline under one device budget".into(),
+        markdown: md,
+        figures,
+        results,
+        wall_seconds: 0.0,
+    })
 }
 
 fn setup_text(r: &Results) -> String {
     let s = &r.plan.scale;
-    let budgets: Vec<String> = r.budgets.iter().map(|(t, b)| format!("{t} {:.1} MiB (LoRA r = {}, LoRA-FFN r = {}, AdapterH r = {})", b.bytes as f64 / 1048576.0, b.lora_rank, b.lora_ffn_rank, b.adapter_h_units)).collect();
+    let budgets: Vec<String> = r
+        .budgets
+        .iter()
+        .map(|(t, b)| {
+            format!(
+                "{t} {:.1} MiB (LoRA r = {}, LoRA-FFN r = {}, AdapterH r = {})",
+                b.bytes as f64 / 1048576.0,
+                b.lora_rank,
+                b.lora_ffn_rank,
+                b.adapter_h_units
+            )
+        })
+        .collect();
     format!(
         "**Setup.** Adapters on the last {} layers, the layers below frozen and cached; frozen products in bf16 (AMX), adapters and optimizer in f32. \
          QA: the first {} facts of each file, 80 % trained / 20 % held out by hashed id, question → first answer in the ChatML template without a system \
@@ -66,8 +86,20 @@ fn setup_text(r: &Results) -> String {
          LoRA-FFN, PA-2× and full FT run on {}; \"-\" marks a cell this profile skips. \
          Teacher-forced EM = greedy decoding reproduces the first answer exactly (computed on every fact; identical to greedy decoding's exact match). \
          One seed unless a cell says n = 3; the intervals are 95 % (Student's t).\n\n",
-        s.adapted_layers, s.facts, s.epochs, s.micro, r.lr, s.pa_neurons, 100.0 * r.pa_fraction, budgets.join("; "), s.meft_neurons,
-        s.meft_neurons / s.pa_neurons.max(1), s.top_k, s.experts, s.top_p, extra_columns(r)
+        s.adapted_layers,
+        s.facts,
+        s.epochs,
+        s.micro,
+        r.lr,
+        s.pa_neurons,
+        100.0 * r.pa_fraction,
+        budgets.join("; "),
+        s.meft_neurons,
+        s.meft_neurons / s.pa_neurons.max(1),
+        s.top_k,
+        s.experts,
+        s.top_p,
+        extra_columns(r)
     )
 }
 
@@ -108,7 +140,10 @@ fn main_table(r: &Results) -> String {
         rows.push(row);
     }
     let head: Vec<&str> = header.iter().map(String::as_str).collect();
-    format!("**Table 1 analogue** (ours: SmolLM2-135M; \"paper\" columns: LLaMA-7B as printed in the paper's Table 1):\n\n{}\n", md_table(&head, &rows))
+    format!(
+        "**Table 1 analogue** (ours: SmolLM2-135M; \"paper\" columns: LLaMA-7B as printed in the paper's Table 1):\n\n{}\n",
+        md_table(&head, &rows)
+    )
 }
 
 /// MEFT against every budgeted baseline on the cells with seeds: separated or a tie.
@@ -121,7 +156,13 @@ fn ties(r: &Results) -> String {
             if other.n < 2 || meft.n < 2 {
                 continue;
             }
-            let verdict = if meft.overlaps(&other) { "**tie** (intervals overlap)" } else if meft.mean > other.mean { "MEFT higher (intervals disjoint)" } else { "MEFT lower (intervals disjoint)" };
+            let verdict = if meft.overlaps(&other) {
+                "**tie** (intervals overlap)"
+            } else if meft.mean > other.mean {
+                "MEFT higher (intervals disjoint)"
+            } else {
+                "MEFT lower (intervals disjoint)"
+            };
             lines.push(format!("- {}: MEFT {} vs {} {} → {verdict}", t.name, meft.cell(), m.label(), other.cell()));
         }
     }
@@ -167,15 +208,52 @@ fn details(r: &Results) -> String {
     for t in &r.plan.tasks {
         let (head, metric_keys): (Vec<&str>, Vec<(&str, &str)>) = match t.kind {
             TaskKind::Qa => (
-                vec!["method", "size", "trainable", "device MiB", "TF EM trained", "TF EM held-out", "gen substring trained", "gen SQuAD-EM trained", "gen F1 trained", "gen substring held-out", "gen F1 held-out", "MEFT drops"],
+                vec![
+                    "method",
+                    "size",
+                    "trainable",
+                    "device MiB",
+                    "TF EM trained",
+                    "TF EM held-out",
+                    "gen substring trained",
+                    "gen SQuAD-EM trained",
+                    "gen F1 trained",
+                    "gen substring held-out",
+                    "gen F1 held-out",
+                    "MEFT drops",
+                ],
                 vec![("trained", primary(t)), ("trained", "squad_em"), ("trained", "squad_f1"), ("held_out", primary(t)), ("held_out", "squad_f1")],
             ),
             TaskKind::Tool => (
-                vec!["method", "size", "trainable", "device MiB", "TF EM trained", "TF EM held-out", "AST trained", "API IoU trained", "AST held-out", "API IoU held-out", "MEFT drops"],
+                vec![
+                    "method",
+                    "size",
+                    "trainable",
+                    "device MiB",
+                    "TF EM trained",
+                    "TF EM held-out",
+                    "AST trained",
+                    "API IoU trained",
+                    "AST held-out",
+                    "API IoU held-out",
+                    "MEFT drops",
+                ],
                 vec![("trained", "ast_match"), ("trained", "api_iou"), ("held_out", "ast_match"), ("held_out", "api_iou")],
             ),
             TaskKind::Math => (
-                vec!["method", "size", "trainable", "device MiB", "TF EM trained", "TF EM held-out", "GSM8K paper", "GSM8K strict", "GSM8K flexible", "MATH held-out", "MEFT drops"],
+                vec![
+                    "method",
+                    "size",
+                    "trainable",
+                    "device MiB",
+                    "TF EM trained",
+                    "TF EM held-out",
+                    "GSM8K paper",
+                    "GSM8K strict",
+                    "GSM8K flexible",
+                    "MATH held-out",
+                    "MEFT drops",
+                ],
                 vec![("gsm8k", "gsm8k_paper"), ("gsm8k", "gsm8k_strict"), ("gsm8k", "gsm8k_flexible"), ("held_out", "math_answer")],
             ),
         };
@@ -183,7 +261,8 @@ fn details(r: &Results) -> String {
             .iter()
             .filter_map(|m| cell(r, &t.name, m.label()).into_iter().next())
             .map(|o| {
-                let mut row = vec![o.label.clone(), o.size.clone(), o.trainable_params.to_string(), format!("{:.1}", o.device_total_bytes as f64 / 1048576.0)];
+                let mut row =
+                    vec![o.label.clone(), o.size.clone(), o.trainable_params.to_string(), format!("{:.1}", o.device_total_bytes as f64 / 1048576.0)];
                 row.push(format!("{:.3}", o.final_point.train_em));
                 row.push(format!("{:.3}", o.final_point.held_out_em));
                 for (set, key) in &metric_keys {
@@ -232,7 +311,8 @@ fn generation_check(r: &Results) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let head = ["task", "method", "examples", "TF EM", "greedy substring", "greedy SQuAD-EM", "beam 4 + penalty 2 substring", "beam SQuAD-EM", "beam − TF"];
+    let head =
+        ["task", "method", "examples", "TF EM", "greedy substring", "greedy SQuAD-EM", "beam 4 + penalty 2 substring", "beam SQuAD-EM", "beam − TF"];
     format!(
         "\n**Generation check** (seed 0, the first trained facts): teacher-forced EM against EM on generated text, greedy and the paper's beam 4 with \
          repetition penalty 2. Substring match counts an answer contained in a longer reply, so it can exceed teacher-forced EM.\n\n{}\n",
@@ -300,7 +380,15 @@ fn curves(ctx: &Context, r: &Results) -> Result<Vec<String>> {
             continue;
         }
         let title = format!("{}: trained-fact EM by epoch (mean over seeds)", t.name);
-        let names = plot::line_chart(&ctx.figures_dir(), &format!("table1_curves_{}", t.name), &title, "epoch", "EM on trained facts", &series, plot::AxisScale::Linear)?;
+        let names = plot::line_chart(
+            &ctx.figures_dir(),
+            &format!("table1_curves_{}", t.name),
+            &title,
+            "epoch",
+            "EM on trained facts",
+            &series,
+            plot::AxisScale::Linear,
+        )?;
         figures.extend(figure_paths(&names));
     }
     Ok(figures)
@@ -314,11 +402,22 @@ fn sweep_figure(ctx: &Context, r: &Results) -> Result<Vec<String>> {
     for o in &r.sweep {
         by_method.entry(o.label.as_str()).or_default().push((o.lr.unwrap_or(1.0), o.final_point.train_em));
     }
-    let series: Vec<plot::Series> = by_method.into_iter().map(|(label, mut points)| {
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        plot::Series { label: label.into(), points }
-    }).collect();
-    let names = plot::line_chart(&ctx.figures_dir(), "table1_lr_sweep", "Learning-rate sweep (TriviaQA subset)", "peak learning rate", "EM on trained facts", &series, plot::AxisScale::Log)?;
+    let series: Vec<plot::Series> = by_method
+        .into_iter()
+        .map(|(label, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            plot::Series { label: label.into(), points }
+        })
+        .collect();
+    let names = plot::line_chart(
+        &ctx.figures_dir(),
+        "table1_lr_sweep",
+        "Learning-rate sweep (TriviaQA subset)",
+        "peak learning rate",
+        "EM on trained facts",
+        &series,
+        plot::AxisScale::Log,
+    )?;
     Ok(figure_paths(&names))
 }
 
