@@ -106,6 +106,9 @@ pub fn report_table(report: &Report) -> Table {
         Column::new("squad_em", "1", "SQuAD-normalised EM (NaN: not a text metric)", score(|s| s.squad_em)),
         Column::new("squad_f1", "1", "SQuAD token F1 (NaN: not a text metric)", score(|s| s.squad_f1)),
         Column::new("api_iou", "1", "IoU of called vs expected function names (NaN: undefined)", score(|s| s.api_iou)),
+        Column::new("trivia_em", "1", "TriviaQA official v1.0 EM over the aliases (NaN: not TriviaQA)", score(|s| s.trivia_em)),
+        Column::new("gsm8k_strict", "1", "lm-eval GSM8K strict-match exact match (NaN: not GSM8K)", score(|s| s.gsm8k_strict)),
+        Column::new("gsm8k_flexible", "1", "lm-eval GSM8K flexible-extract exact match (NaN: not GSM8K)", score(|s| s.gsm8k_flexible)),
         Column::new("extracted", "text", "answer read from the prediction", text(|r| r.scores.extracted.clone().unwrap_or_default())),
     ];
     let metric = serde_json::to_string(&report.metric).unwrap_or_default();

@@ -10,7 +10,8 @@
 //! differ mostly in case and punctuation, and its official script is case-insensitive); GSM8K —
 //! final-number accuracy; MATH — boxed-answer accuracy; BFCL — function-call match (with API-set
 //! IoU alongside); user QA — case-insensitive substring EM; user instruction / chat — SQuAD EM.
-//! SQuAD-normalised EM and F1 are reported beside every text metric.
+//! SQuAD-normalised EM and F1 are reported beside every text metric; TriviaQA also gets its
+//! official script's EM, and GSM8K lm-eval's strict and flexible exact match.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,8 +22,8 @@ use crate::datasets::Dataset;
 use crate::error::{EvalError, Result};
 use crate::example::{Example, ToolExpectation};
 use crate::jsonl::map_rows;
-use crate::metrics::math::{final_number_correct, math_answer_correct};
-use crate::metrics::qa::{CaseRule, exact_match, f1, substring_match};
+use crate::metrics::math::{Gsm8kExtraction, final_number_correct, gsm8k_correct, math_answer_correct};
+use crate::metrics::qa::{CaseRule, exact_match, f1, substring_match, trivia_exact_match};
 use crate::metrics::tool::{api_iou, calls_match, parse_calls};
 use crate::user::UserFormat;
 
@@ -68,7 +69,7 @@ pub enum Coverage {
 }
 
 /// Scores of one example.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ExampleScores {
     /// The primary metric, 0 or 1.
     pub primary: f64,
@@ -78,6 +79,15 @@ pub struct ExampleScores {
     pub squad_f1: Option<f64>,
     /// IoU of called vs expected function names (BFCL with expected calls or none).
     pub api_iou: Option<f64>,
+    /// TriviaQA's official v1.0 exact match over the aliases (TriviaQA only).
+    #[serde(default)]
+    pub trivia_em: Option<f64>,
+    /// lm-eval's GSM8K `strict-match` exact match (GSM8K only).
+    #[serde(default)]
+    pub gsm8k_strict: Option<f64>,
+    /// lm-eval's GSM8K `flexible-extract` exact match (GSM8K only).
+    #[serde(default)]
+    pub gsm8k_flexible: Option<f64>,
     /// The answer read from the prediction (maths: the number or boxed text; BFCL: the calls).
     pub extracted: Option<String>,
 }
@@ -118,6 +128,15 @@ pub struct Report {
     pub squad_f1: Option<f64>,
     /// Mean API-set IoU over examples where it is defined.
     pub api_iou: Option<f64>,
+    /// Mean TriviaQA official EM (TriviaQA).
+    #[serde(default)]
+    pub trivia_em: Option<f64>,
+    /// Mean lm-eval GSM8K strict-match accuracy (GSM8K).
+    #[serde(default)]
+    pub gsm8k_strict: Option<f64>,
+    /// Mean lm-eval GSM8K flexible-extract accuracy (GSM8K).
+    #[serde(default)]
+    pub gsm8k_flexible: Option<f64>,
     /// Per-example results, in dataset order.
     pub examples: Vec<ExampleResult>,
 }
@@ -180,7 +199,7 @@ pub fn score_examples(dataset: &str, examples: &[Example], predictions: &HashMap
         if prediction.is_none() && coverage == Coverage::Predicted {
             continue;
         }
-        let scores = score_one(example, prediction.unwrap_or(""), metric);
+        let scores = score_one(dataset, example, prediction.unwrap_or(""), metric);
         results.push(ExampleResult {
             id: example.id().to_owned(),
             prediction: prediction.map(str::to_owned),
@@ -201,6 +220,9 @@ pub fn score_examples(dataset: &str, examples: &[Example], predictions: &HashMap
         squad_em: mean_of(|s| s.squad_em),
         squad_f1: mean_of(|s| s.squad_f1),
         api_iou: mean_of(|s| s.api_iou),
+        trivia_em: mean_of(|s| s.trivia_em),
+        gsm8k_strict: mean_of(|s| s.gsm8k_strict),
+        gsm8k_flexible: mean_of(|s| s.gsm8k_flexible),
         examples: results,
     }
 }
@@ -214,31 +236,40 @@ fn indicator(flag: bool) -> f64 {
     if flag { 1.0 } else { 0.0 }
 }
 
-/// Scores one prediction against one example.
-pub fn score_one(example: &Example, prediction: &str, metric: Metric) -> ExampleScores {
+/// Scores one prediction against one example of `dataset` (its name: TriviaQA and GSM8K get
+/// their canonical scores beside the primary one).
+pub fn score_one(dataset: &str, example: &Example, prediction: &str, metric: Metric) -> ExampleScores {
     let references = example.references();
-    let text_scores = |primary: bool| ExampleScores {
-        primary: indicator(primary),
-        squad_em: Some(indicator(exact_match(prediction, &references))),
-        squad_f1: Some(f1(prediction, &references)),
-        api_iou: None,
-        extracted: None,
-    };
-    let answer_scores = |(correct, extracted): (bool, Option<String>)| ExampleScores {
-        primary: indicator(correct),
-        squad_em: None,
-        squad_f1: None,
-        api_iou: None,
-        extracted,
-    };
     let gold = references.first().map(String::as_str).unwrap_or("");
-    match metric {
-        Metric::SubstringEm(case) => text_scores(substring_match(prediction, &references, case)),
-        Metric::NormalizedEm => text_scores(exact_match(prediction, &references)),
+    let mut scores = match metric {
+        Metric::SubstringEm(case) => text_scores(prediction, &references, substring_match(prediction, &references, case)),
+        Metric::NormalizedEm => text_scores(prediction, &references, exact_match(prediction, &references)),
         Metric::FinalNumber => answer_scores(final_number_correct(prediction, gold)),
         Metric::MathAnswer => answer_scores(math_answer_correct(prediction, gold)),
         Metric::FunctionCall => tool_scores(example, prediction),
+    };
+    match example {
+        Example::Qa(_) if dataset == Dataset::TriviaQa.name() => scores.trivia_em = Some(indicator(trivia_exact_match(prediction, &references))),
+        Example::Math(_) if dataset == Dataset::Gsm8k.name() => {
+            scores.gsm8k_strict = Some(indicator(gsm8k_correct(prediction, gold, Gsm8kExtraction::Strict)));
+            scores.gsm8k_flexible = Some(indicator(gsm8k_correct(prediction, gold, Gsm8kExtraction::Flexible)));
+        }
+        _ => {}
     }
+    scores
+}
+
+fn text_scores(prediction: &str, references: &[String], primary: bool) -> ExampleScores {
+    ExampleScores {
+        primary: indicator(primary),
+        squad_em: Some(indicator(exact_match(prediction, references))),
+        squad_f1: Some(f1(prediction, references)),
+        ..ExampleScores::default()
+    }
+}
+
+fn answer_scores((correct, extracted): (bool, Option<String>)) -> ExampleScores {
+    ExampleScores { primary: indicator(correct), extracted, ..ExampleScores::default() }
 }
 
 fn tool_scores(example: &Example, prediction: &str) -> ExampleScores {
@@ -255,5 +286,5 @@ fn tool_scores(example: &Example, prediction: &str) -> ExampleScores {
         }
         _ => (false, None),
     };
-    ExampleScores { primary: indicator(correct), squad_em: None, squad_f1: None, api_iou: iou, extracted: Some(names.join(", ")) }
+    ExampleScores { primary: indicator(correct), api_iou: iou, extracted: Some(names.join(", ")), ..ExampleScores::default() }
 }

@@ -6,11 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
 use meft_core::NoAdapters;
 use meft_eval::generation::output::{EvalResults, EvalSummary, write_outputs};
-use meft_eval::generation::{DecodeConfig, Decoding, RepetitionPenalty, stop_tokens};
+use meft_eval::generation::{DecodeConfig, Decoding, LlamaStepper, RepetitionPenalty, StopReason, decode_streaming, stop_tokens};
 use meft_eval::results::{RunMetadata, WithMetadata, read_json};
 use meft_eval::{ChatTemplate, Dataset, EvalConfig, Evaluator, Example};
 use meft_models::chat::ChatTemplate as ModelTemplate;
@@ -168,8 +169,57 @@ fn template_adapter_and_stop_tokens() {
     assert_eq!(stop_tokens(&t.tokenizer, &t.template).unwrap(), vec![256, 258]);
 }
 
+/// Greedy by the slowest rule: the first argmax of the full forward's last logits over the
+/// growing sequence, up to `max_new` tokens or a stop token (kept).
+fn full_forward_greedy(model: &Llama, prompt: &[u32], max_new: usize, stops: &[u32]) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    while seq.len() - prompt.len() < max_new && !seq[prompt.len()..].last().is_some_and(|t| stops.contains(t)) {
+        let ids = Tensor::from_slice(&seq, (1, seq.len()), &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, &NoAdapters).unwrap();
+        let last: Vec<f32> = logits.narrow(1, seq.len() - 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        seq.push((0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b }) as u32);
+    }
+    seq.split_off(prompt.len())
+}
+
 #[test]
-fn tiny_model_evaluates_deterministically_and_greedy_matches_meft_models_generate() {
+fn streaming_hands_over_every_token_once_and_a_break_ends_on_the_token_handed_over() {
+    let t = tiny();
+    let stepper = LlamaStepper { model: &t.model, hook: &NoAdapters, after_forward: None, rows: 1 };
+    let prompt = [3u32, 17, 42, 9];
+    let cfg = DecodeConfig { decoding: Decoding::Greedy, max_new_tokens: 6, repetition_penalty: RepetitionPenalty::default() };
+    let mut handed = Vec::new();
+    let streamed = decode_streaming(&stepper, &prompt, &cfg, &[], &mut |tok| {
+        handed.push(tok);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(streamed.tokens, handed);
+    assert_eq!((streamed.tokens.len(), streamed.stop), (6, StopReason::MaxNewTokens));
+    assert_eq!(streamed.tokens, full_forward_greedy(&t.model, &prompt, 6, &[]));
+    let stopped = decode_streaming(&stepper, &prompt, &cfg, &[], &mut |_| ControlFlow::Break(())).unwrap();
+    assert_eq!((stopped.tokens.as_slice(), stopped.stop), (&streamed.tokens[..1], StopReason::Caller));
+    let beam = DecodeConfig { decoding: Decoding::Beam { width: 2, length_penalty: 1.0 }, ..cfg.clone() };
+    let cut = decode_streaming(&stepper, &prompt, &beam, &[], &mut |_| ControlFlow::Break(())).unwrap();
+    assert_eq!((cut.tokens.len(), cut.stop), (1, StopReason::Caller), "beam search hands its answer over and stops where told");
+}
+
+#[test]
+fn seeded_sampling_repeats_per_seed_and_rejects_a_temperature_of_zero() {
+    let t = tiny();
+    let stepper = LlamaStepper { model: &t.model, hook: &NoAdapters, after_forward: None, rows: 1 };
+    let run = |temperature: f64, seed: u64| {
+        let cfg = DecodeConfig { decoding: Decoding::Sample { temperature, seed }, max_new_tokens: 8, repetition_penalty: RepetitionPenalty::default() };
+        meft_eval::generation::decode::decode(&stepper, &[5, 6, 7], &cfg, &[])
+    };
+    assert_eq!(run(1.5, 7).unwrap(), run(1.5, 7).unwrap());
+    assert_ne!(run(1.5, 7).unwrap().tokens, run(1.5, 8).unwrap().tokens, "different seeds should differ over 8 draws at T = 1.5");
+    let err = run(0.0, 7).unwrap_err().to_string();
+    assert!(err.contains("temperature"), "{err}");
+}
+
+#[test]
+fn tiny_model_evaluates_deterministically_and_greedy_matches_the_full_forward_argmax() {
     let t = tiny();
     let examples = nq_fixture();
     let evaluator = t.evaluator();
@@ -184,18 +234,11 @@ fn tiny_model_evaluates_deterministically_and_greedy_matches_meft_models_generat
     assert_eq!(first.report.primary, 0.0, "random weights should not answer NQ");
     assert!(first.generations.iter().all(|g| g.new_tokens >= 1 && g.new_tokens <= 12));
 
-    // Same tokens as the streaming generator of meft-models (independent loop, same cache).
+    // Same tokens as the slowest rule: the argmax of the full forward over the growing sequence.
     let stops = stop_tokens(&t.tokenizer, &t.template).unwrap();
     for (example, generation) in examples.iter().zip(&first.generations) {
         let prompt = t.tokenizer.encode(&meft_eval::render(example, &t.template).prompt).unwrap();
-        let reference = meft_models::generate(
-            &t.model,
-            &prompt,
-            &meft_models::GenerateConfig { max_new_tokens: 12, sampling: meft_models::Sampling::Greedy, stop_tokens: stops.clone() },
-            &NoAdapters,
-            |_| std::ops::ControlFlow::Continue(()),
-        )
-        .unwrap();
+        let reference = full_forward_greedy(&t.model, &prompt, 12, &stops);
         assert_eq!(reference.len(), generation.new_tokens);
         let (answer, _) = evaluator.answer(example, &cfg).unwrap();
         let content = match reference.last() {

@@ -84,3 +84,17 @@ fn reports_round_trip_through_json() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"metric\": \"final_number\""), "{text}");
 }
+
+#[test]
+fn scored_predictions_carry_triviaqa_official_em_and_lm_eval_gsm8k_accuracy() {
+    // The official TriviaQA rule turns `_` into a space; SQuAD's keeps "sunset_blvd" one word.
+    let trivia = score("trivia_qa", "{\"id\": \"tc_33\", \"prediction\": \"Sunset_Blvd\"}\n", Coverage::Predicted).unwrap();
+    assert_eq!((trivia.trivia_em, trivia.squad_em), (Some(1.0), Some(0.0)));
+    assert_eq!((trivia.gsm8k_strict, trivia.gsm8k_flexible), (None, None));
+    let gsm = "{\"id\": 0, \"prediction\": \"so #### 18.\"}\n{\"id\": \"1\", \"prediction\": \"The answer is 18, then 19\"}\n";
+    let report = score("gsm8k", gsm, Coverage::Predicted).unwrap();
+    assert_eq!(report.examples[0].scores.gsm8k_strict, Some(1.0));
+    assert_eq!(report.examples[0].scores.gsm8k_flexible, Some(1.0));
+    assert_eq!(report.examples[1].scores.gsm8k_strict, Some(0.0), "no `#### ` marker: lm-eval's [invalid]");
+    assert_eq!(report.trivia_em, None);
+}

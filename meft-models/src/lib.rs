@@ -1,9 +1,9 @@
-//! LLaMA and Mistral models on candle: loaders, tokenizers, generation.
+//! LLaMA and Mistral models on candle: loaders, tokenizers, chat templates, and the KV-cache
+//! forward that generation steps through (the decoding rules live in meft-eval).
 
 pub mod chat;
 pub mod config;
 pub mod error;
-pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod kv_cache;
@@ -15,7 +15,6 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeLayout};
 pub use error::ModelError;
-pub use generate::{GenerateConfig, Sampler, Sampling, generate};
 pub use kv_cache::KvCache;
 pub use llama::{Llama, Score};
 pub use ops::OpPath;

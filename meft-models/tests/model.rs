@@ -1,7 +1,7 @@
 //! Model behaviour beyond the golden values: KV-cache inference against the full forward, fused
 //! inference against the reference training forward, Mistral ≡ LLaMA when the window covers the
 //! sequence, adapter gradients through every layer, whole-block layers against per-op layers,
-//! sharded loading, scoring and generation.
+//! sharded loading and scoring. (Decoding rules are meft-eval's and tested there.)
 //!
 //! Tolerance for equalities between our own paths: `|a − b| ≤ 1e-5·max(|b|, 1)` — both run in f32
 //! and differ only in summation order.
@@ -9,12 +9,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::*;
 use meft_core::{AdapterHook, LinearSite, NoAdapters};
-use meft_models::{Architecture, GenerateConfig, KvCache, OpPath, Sampler, Sampling, generate, hf};
+use meft_models::{Architecture, KvCache, OpPath, hf};
 
 #[test]
 fn kv_cache_inference_equals_full_forward() {
@@ -384,59 +383,6 @@ fn bf16_model_runs_close_to_f32() {
     let want = &expected("llama_tiny")["logits"];
     let err = scalar(&(logits - want).unwrap().abs().unwrap().max_all().unwrap());
     assert!(err < 0.25, "bf16 logits drift {err}");
-}
-
-#[test]
-fn greedy_generation_is_deterministic_and_streams() {
-    let model = model("llama_tiny", OpPath::Fused);
-    let prompt = [3u32, 17, 42, 9];
-    let cfg = GenerateConfig { max_new_tokens: 6, sampling: Sampling::Greedy, stop_tokens: vec![] };
-    let mut streamed = Vec::new();
-    let out = generate(&model, &prompt, &cfg, &NoAdapters, |t| {
-        streamed.push(t);
-        ControlFlow::Continue(())
-    })
-    .unwrap();
-    assert_eq!(out, streamed);
-    assert_eq!(out.len(), 6);
-    // Each greedy token is the argmax of the full forward over prompt + previous tokens.
-    let mut seq = prompt.to_vec();
-    for &t in &out {
-        let ids = Tensor::from_slice(&seq, (1, seq.len()), &Device::Cpu).unwrap();
-        let logits = model.forward(&ids, &NoAdapters).unwrap();
-        let last: Vec<f32> = logits.narrow(1, seq.len() - 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(Sampler::new(Sampling::Greedy).sample(&last).unwrap(), t);
-        seq.push(t);
-    }
-    let stopped = generate(&model, &prompt, &cfg, &NoAdapters, |_| ControlFlow::Break(())).unwrap();
-    assert_eq!(stopped.len(), 1);
-}
-
-#[test]
-fn seeded_sampling_is_reproducible() {
-    let model = model("mistral_tiny", OpPath::Fused);
-    let prompt = [5u32, 6, 7];
-    let run = |seed| {
-        let cfg = GenerateConfig { max_new_tokens: 8, sampling: Sampling::from_temperature(1.5, seed), stop_tokens: vec![] };
-        generate(&model, &prompt, &cfg, &NoAdapters, |_| ControlFlow::Continue(())).unwrap()
-    };
-    assert_eq!(run(7), run(7));
-    assert_ne!(run(7), run(8), "different seeds should differ over 8 draws at T=1.5");
-    assert_eq!(Sampling::from_temperature(0.0, 3), Sampling::Greedy);
-}
-
-#[test]
-fn temperature_sampler_follows_the_distribution() {
-    let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
-    let mut s = Sampler::new(Sampling::Temperature { temperature: 1.0, seed: 11 });
-    let mut counts = [0usize; 3];
-    for _ in 0..4000 {
-        counts[s.sample(&logits).unwrap() as usize] += 1;
-    }
-    assert_eq!(counts[2], 0);
-    let frac = counts[1] as f64 / 4000.0;
-    assert!((frac - 0.75).abs() < 0.03, "P(token 1) ≈ 0.75, got {frac}");
-    assert!(s.sample(&[f32::NAN]).is_err());
 }
 
 /// `forward_step_batch` over sequences of different cached lengths gives each sequence the

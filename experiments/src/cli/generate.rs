@@ -3,6 +3,8 @@
 //! Greedy unless `--temperature` is positive (then seeded sampling). With `--chat` the prompt is
 //! wrapped as one user message in the model's chat template and generation stops at the end of
 //! the assistant turn; without it the prompt is encoded as plain text. Tokens/s goes to stderr.
+//! Decoding is meft-eval's ([`meft_eval::generation::decode_streaming`]), the one the
+//! evaluations use.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -12,7 +14,7 @@ use anyhow::bail;
 use meft_core::NoAdapters;
 use meft_models::chat::Message;
 use meft_models::tokenizer::TextStream;
-use meft_models::{GenerateConfig, Sampling};
+use meft_eval::generation::{DecodeConfig, Decoding, LlamaStepper, RepetitionPenalty, decode_streaming};
 
 use super::ModelArgs;
 
@@ -49,16 +51,15 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         (true, None) => bail!("{} declares no chat template; run without --chat", loaded.path.display()),
     };
     let prompt = tokenizer.encode(&text)?;
-    let config = GenerateConfig {
-        max_new_tokens: args.max_new_tokens,
-        sampling: Sampling::from_temperature(args.temperature, args.seed),
-        stop_tokens: tokenizer.eos().into_iter().collect(),
-    };
+    let decoding = if args.temperature > 0.0 { Decoding::Sample { temperature: args.temperature, seed: args.seed } } else { Decoding::Greedy };
+    let config = DecodeConfig { decoding, max_new_tokens: args.max_new_tokens, repetition_penalty: RepetitionPenalty::default() };
+    let stop_tokens: Vec<u32> = tokenizer.eos().into_iter().collect();
+    let stepper = LlamaStepper { model: &loaded.model, hook: &NoAdapters, after_forward: None, rows: 1 };
     let mut stream = TextStream::default();
     let mut stdout = std::io::stdout().lock();
     let mut failure = None;
     let start = Instant::now();
-    let tokens = meft_models::generate(&loaded.model, &prompt, &config, &NoAdapters, |id| {
+    let decoded = decode_streaming(&stepper, &prompt, &config, &stop_tokens, &mut |id| {
         if Some(id) == tokenizer.eos() {
             return ControlFlow::Continue(());
         }
@@ -81,6 +82,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     }
     writeln!(stdout)?;
     let seconds = start.elapsed().as_secs_f64();
-    eprintln!("{} prompt + {} new tokens in {seconds:.2} s ({:.1} tokens/s)", prompt.len(), tokens.len(), tokens.len() as f64 / seconds);
+    let new = decoded.tokens.len();
+    eprintln!("{} prompt + {new} new tokens in {seconds:.2} s ({:.1} tokens/s)", prompt.len(), new as f64 / seconds);
     Ok(())
 }

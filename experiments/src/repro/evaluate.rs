@@ -113,13 +113,14 @@ pub fn primary_name(dataset: &Dataset) -> &'static str {
     }
 }
 
-/// `greedy`, or `beam W, penalty P`.
+/// `greedy`, `beam W, penalty P` or `sample T t seed s, penalty P`.
 pub fn decoding_label(d: &DecodeConfig) -> String {
     let penalty = d.repetition_penalty.penalty;
     match d.decoding {
         meft_eval::generation::Decoding::Greedy if penalty == 1.0 => "greedy".into(),
         meft_eval::generation::Decoding::Greedy => format!("greedy, penalty {penalty}"),
         meft_eval::generation::Decoding::Beam { width, .. } => format!("beam {width}, penalty {penalty}"),
+        meft_eval::generation::Decoding::Sample { temperature, seed } => format!("sample T {temperature} seed {seed}, penalty {penalty}"),
     }
 }
 

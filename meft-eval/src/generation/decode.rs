@@ -1,4 +1,5 @@
-//! Decoding rules over any next-token scorer: greedy, beam search, and an exhaustive reference.
+//! Decoding rules over any next-token scorer: greedy, seeded temperature sampling, beam search,
+//! and an exhaustive reference; [`decode_streaming`] hands each token over as it is chosen.
 //!
 //! A [`Stepper`] turns a prompt into next-token logits and extends its state one token at a time
 //! (for a model: the KV cache). The rules here never look inside the state.
@@ -20,8 +21,11 @@
 //! width 1 is greedy decoding, and a width at least `vocab^max_new_tokens` finds the same answer as
 //! [`exhaustive_search`]. Ties rank the lower beam, then the lower token id, first.
 
+use std::ops::ControlFlow;
+
 use serde::{Deserialize, Serialize};
 
+use super::sample::Sampler;
 use crate::error::{EvalError, Result};
 
 /// A next-token scorer with a state that grows one token at a time.
@@ -95,6 +99,14 @@ pub enum Decoding {
     /// The most likely token at every step (ties: lowest id).
     #[default]
     Greedy,
+    /// A draw from `softmax(log p / temperature)` of the penalised logits at every step, from a
+    /// seeded generator (the same seed gives the same tokens).
+    Sample {
+        /// Softmax temperature, > 0.
+        temperature: f64,
+        /// Seed of the generator.
+        seed: u64,
+    },
     /// Beam search (see the module doc).
     Beam {
         /// Beams kept, ≥ 1.
@@ -128,6 +140,9 @@ impl DecodeConfig {
         }
         match self.decoding {
             Decoding::Beam { width: 0, .. } => bad("beam width must be at least 1".into()),
+            Decoding::Sample { temperature, .. } if !(temperature.is_finite() && temperature > 0.0) => {
+                bad(format!("temperature must be a finite number > 0 (greedy decoding for 0), got {temperature}"))
+            }
             Decoding::Beam { length_penalty, .. } if !length_penalty.is_finite() => {
                 bad(format!("length_penalty must be finite, got {length_penalty}"))
             }
@@ -144,6 +159,8 @@ pub enum StopReason {
     StopToken,
     /// `max_new_tokens` were generated.
     MaxNewTokens,
+    /// The caller's callback stopped decoding ([`decode_streaming`]); its last token is kept.
+    Caller,
 }
 
 /// A decoded continuation.
@@ -162,17 +179,43 @@ impl Decoded {
     pub fn content(&self) -> &[u32] {
         match self.stop {
             StopReason::StopToken => &self.tokens[..self.tokens.len() - 1],
-            StopReason::MaxNewTokens => &self.tokens,
+            StopReason::MaxNewTokens | StopReason::Caller => &self.tokens,
         }
     }
 }
 
 /// Decodes after `prompt` with `config`, stopping at any of `stop_tokens`.
 pub fn decode<S: Stepper>(stepper: &S, prompt: &[u32], config: &DecodeConfig, stop_tokens: &[u32]) -> Result<Decoded> {
+    decode_streaming(stepper, prompt, config, stop_tokens, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`decode`], handing every new token to `on_token` as soon as it is chosen (beam search, which
+/// chooses only at the end, hands its answer over token by token then). `ControlFlow::Break`
+/// ends decoding after that token, with [`StopReason::Caller`].
+pub fn decode_streaming<S: Stepper>(
+    stepper: &S,
+    prompt: &[u32],
+    config: &DecodeConfig,
+    stop_tokens: &[u32],
+    on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+) -> Result<Decoded> {
     config.validate()?;
     match config.decoding {
-        Decoding::Greedy => greedy(stepper, prompt, config, stop_tokens),
-        Decoding::Beam { width, length_penalty } => beam_search(stepper, prompt, config, stop_tokens, width, length_penalty),
+        Decoding::Greedy => token_by_token(stepper, prompt, config, stop_tokens, &mut argmax, on_token),
+        Decoding::Sample { temperature, seed } => {
+            let mut sampler = Sampler::new(temperature, seed);
+            token_by_token(stepper, prompt, config, stop_tokens, &mut |lp| sampler.draw(lp), on_token)
+        }
+        Decoding::Beam { width, length_penalty } => {
+            let mut best = beam_search(stepper, prompt, config, stop_tokens, width, length_penalty)?;
+            if let Some(i) = best.tokens.iter().position(|&t| on_token(t).is_break()) {
+                if i + 1 < best.tokens.len() {
+                    best.tokens.truncate(i + 1);
+                    best.stop = StopReason::Caller;
+                }
+            }
+            Ok(best)
+        }
     }
 }
 
@@ -190,24 +233,58 @@ fn log_probs(logits: &[f32], penalty: &RepetitionPenalty, prompt: &[u32], genera
 
 /// Greedy decoding: the highest penalised logit at each step (ties: lowest id).
 pub fn greedy<S: Stepper>(stepper: &S, prompt: &[u32], config: &DecodeConfig, stop_tokens: &[u32]) -> Result<Decoded> {
+    token_by_token(stepper, prompt, config, stop_tokens, &mut argmax, &mut |_| ControlFlow::Continue(()))
+}
+
+/// One token a step, `choose` picking it from the penalised log-probabilities.
+fn token_by_token<S: Stepper>(
+    stepper: &S,
+    prompt: &[u32],
+    config: &DecodeConfig,
+    stop_tokens: &[u32],
+    choose: &mut dyn FnMut(&[f64]) -> usize,
+    on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+) -> Result<Decoded> {
     let (mut state, mut logits) = stepper.start(prompt)?;
     let mut out = Decoded { tokens: Vec::new(), stop: StopReason::MaxNewTokens, log_prob: 0.0 };
-    while greedy_pick(&mut out, &logits, prompt, config, stop_tokens)? {
-        logits = stepper.step(&mut state, *out.tokens.last().expect("a token was picked"))?;
+    while pick(&mut out, &logits, prompt, config, stop_tokens, choose)? {
+        let token = *out.tokens.last().expect("a token was picked");
+        if on_token(token).is_break() {
+            out.stop = StopReason::Caller;
+            return Ok(out);
+        }
+        logits = stepper.step(&mut state, token)?;
+    }
+    if let Some(&last) = out.tokens.last() {
+        // The last token needs no step; the caller still sees it.
+        let _ = on_token(last);
     }
     Ok(out)
 }
 
-/// Appends the greedy choice of `logits` to `out`; returns whether decoding goes on (no stop
-/// token and fewer than `max_new_tokens` so far), in which case the choice must be fed next.
-fn greedy_pick(out: &mut Decoded, logits: &[f32], prompt: &[u32], config: &DecodeConfig, stop_tokens: &[u32]) -> Result<bool> {
-    let lp = log_probs(logits, &config.repetition_penalty, prompt, &out.tokens)?;
+/// The first highest entry.
+fn argmax(v: &[f64]) -> usize {
     let mut best = 0;
-    for (i, v) in lp.iter().enumerate() {
-        if *v > lp[best] {
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
             best = i;
         }
     }
+    best
+}
+
+/// Appends `choose`'s pick from `logits` to `out`; returns whether decoding goes on (no stop
+/// token and fewer than `max_new_tokens` so far), in which case the pick must be fed next.
+fn pick(
+    out: &mut Decoded,
+    logits: &[f32],
+    prompt: &[u32],
+    config: &DecodeConfig,
+    stop_tokens: &[u32],
+    choose: &mut dyn FnMut(&[f64]) -> usize,
+) -> Result<bool> {
+    let lp = log_probs(logits, &config.repetition_penalty, prompt, &out.tokens)?;
+    let best = choose(&lp);
     let token = best as u32;
     out.tokens.push(token);
     out.log_prob += lp[best];
@@ -234,7 +311,7 @@ pub fn greedy_many<S: Stepper>(stepper: &S, prompts: &[Vec<u32>], config: &Decod
     while !live.is_empty() {
         let mut going = Vec::with_capacity(live.len());
         for &i in &live {
-            if greedy_pick(&mut outs[i], &logits[i], &prompts[i], config, stop_tokens)? {
+            if pick(&mut outs[i], &logits[i], &prompts[i], config, stop_tokens, &mut argmax)? {
                 going.push(i);
             }
         }

@@ -1,8 +1,9 @@
 //! Generation-based evaluation: prompt → chat template → tokens → decoding with the KV cache →
 //! prediction text → [`score_examples`].
 //!
-//! - [`decode`]: greedy and beam search over any [`Stepper`], with the repetition penalty, and
-//!   the exhaustive reference that beam search is tested against.
+//! - [`decode`]: greedy, seeded sampling and beam search over any [`Stepper`], with the
+//!   repetition penalty, streaming, and the exhaustive reference that beam search is tested
+//!   against; the workspace's one decoder (`meft generate` streams through it too).
 //! - [`model`]: the [`Stepper`] over a `meft_models::Llama` and the model's chat template.
 //! - [`output`]: the results JSON and the HDF5 per-example tables of an evaluation.
 //!
@@ -17,6 +18,7 @@
 pub mod decode;
 pub mod model;
 pub mod output;
+mod sample;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,7 +27,7 @@ use meft_core::AdapterHook;
 use meft_models::{Llama, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-pub use decode::{DecodeConfig, Decoded, Decoding, PenaltyScope, RepetitionPenalty, Stepper, StopReason};
+pub use decode::{DecodeConfig, Decoded, Decoding, PenaltyScope, RepetitionPenalty, Stepper, StopReason, decode_streaming};
 pub use model::{LlamaStepper, stop_tokens};
 
 use crate::datasets::Dataset;

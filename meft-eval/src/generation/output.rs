@@ -39,6 +39,15 @@ pub struct EvalSummary {
     pub squad_f1: Option<f64>,
     /// Mean API-set IoU (BFCL).
     pub api_iou: Option<f64>,
+    /// Mean TriviaQA official EM (TriviaQA).
+    #[serde(default)]
+    pub trivia_em: Option<f64>,
+    /// Mean lm-eval GSM8K strict-match accuracy (GSM8K).
+    #[serde(default)]
+    pub gsm8k_strict: Option<f64>,
+    /// Mean lm-eval GSM8K flexible-extract accuracy (GSM8K).
+    #[serde(default)]
+    pub gsm8k_flexible: Option<f64>,
     /// Seconds of generation and scoring (model loading excluded).
     pub wall_seconds: f64,
     /// Tokens generated in total (0 for scored predictions).
@@ -61,6 +70,9 @@ impl EvalSummary {
             squad_em: report.squad_em,
             squad_f1: report.squad_f1,
             api_iou: report.api_iou,
+            trivia_em: report.trivia_em,
+            gsm8k_strict: report.gsm8k_strict,
+            gsm8k_flexible: report.gsm8k_flexible,
             wall_seconds,
             new_tokens: 0,
         }

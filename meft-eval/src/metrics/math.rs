@@ -1,7 +1,8 @@
 //! Final-answer accuracy for GSM8K (a number) and MATH (a `\boxed{}` LaTeX expression).
 //!
 //! GSM8K: the answer is the first number after the last `The answer is` (case-insensitive, the
-//! paper's rule), else after the last `####`, else the last number in the text. Numbers may carry a
+//! paper's rule), else after the last `####`, else the last number in the text. Beside it,
+//! [`Gsm8kExtraction`] gives lm-eval's strict and flexible scoring to the letter. Numbers may carry a
 //! sign, thousands commas and decimals; comparison is numeric (`1,000` = `1000` = `1000.0`).
 //!
 //! MATH: the answer is the content of the last `\boxed{..}` / `\fbox{..}` (nested braces allowed),
@@ -71,31 +72,88 @@ pub fn extract_final_number(text: &str) -> Option<&str> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Gsm8kExtraction {
-    /// The paper's rule alone: the first number after the last `The answer is`.
+    /// The paper's rule alone: the first number after the last `The answer is`, compared
+    /// numerically.
     Paper,
-    /// lm-eval's `strict-match`: the number after `#### ` (the GSM8K solution format).
+    /// lm-eval's `strict-match`: the first `#### ` followed by `-?[0-9.,]+`, scored as lm-eval's
+    /// `gsm8k` task does ([`lm_eval_clean`], then string equality).
     Strict,
-    /// lm-eval's `flexible-extract`: the last number anywhere in the text.
+    /// lm-eval's `flexible-extract`: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`, scored the
+    /// same way.
     Flexible,
 }
 
-/// The answer `rule` reads from `text`, or `None`.
+/// The answer `rule` reads from `text`, or `None` (lm-eval's `[invalid]`).
 pub fn extract_gsm8k(text: &str, rule: Gsm8kExtraction) -> Option<&str> {
-    let after = |marker: &str| after_last(text, marker).and_then(|pos| numbers(&text[pos..]).first().map(|&(_, n)| n));
     match rule {
-        Gsm8kExtraction::Paper => after("the answer is"),
-        Gsm8kExtraction::Strict => {
-            let pos = text.rfind("#### ")? + 5;
-            numbers(&text[pos..]).first().filter(|&&(at, _)| at == 0).map(|&(_, n)| n)
-        }
-        Gsm8kExtraction::Flexible => numbers(text).last().map(|&(_, n)| n),
+        Gsm8kExtraction::Paper => after_last(text, "the answer is").and_then(|pos| numbers(&text[pos..]).first().map(|&(_, n)| n)),
+        Gsm8kExtraction::Strict => lm_eval_strict(text),
+        Gsm8kExtraction::Flexible => lm_eval_flexible(text),
     }
 }
 
-/// Whether the answer `rule` reads from `prediction` equals the gold answer (`#### n`).
+/// The first `#### ` followed by `-?[0-9.,]+` (the regex's group), as `re.findall` finds it.
+fn lm_eval_strict(text: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(at) = text[from..].find("#### ") {
+        let start = from + at + 5;
+        let rest = &text.as_bytes()[start..];
+        let sign = usize::from(rest.first() == Some(&b'-'));
+        let body = rest[sign..].iter().take_while(|&&c| c.is_ascii_digit() || c == b'.' || c == b',').count();
+        if body > 0 {
+            return Some(&text[start..start + sign + body]);
+        }
+        from += at + 1;
+    }
+    None
+}
+
+/// The last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`, scanning as `re.findall` does (leftmost,
+/// the first alternative first, greedy, non-overlapping).
+fn lm_eval_flexible(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let class = |c: u8| c.is_ascii_digit() || matches!(c, b'$' | b'.' | b',');
+    let (mut i, mut last) = (0, None);
+    while i < bytes.len() {
+        let body = i + usize::from(bytes[i] == b'-');
+        let wide = bytes[body..].iter().take_while(|&&c| class(c)).count();
+        let digits = bytes[body..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let end = if wide >= 2 { Some(body + wide) } else { (digits >= 1).then_some(body + digits) };
+        match end {
+            Some(end) => {
+                last = Some(&text[i..end]);
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+    last
+}
+
+/// lm-eval `gsm8k`'s `regexes_to_ignore` and `ignore_case`: drop `,` and `$`, everything up to
+/// the last `#### `, and a final `.` (Python's `\.$`, which also matches before a final newline),
+/// then lower-case.
+pub fn lm_eval_clean(text: &str) -> String {
+    let mut s: String = text.chars().filter(|&c| c != ',' && c != '$').collect();
+    if let Some(pos) = s.rfind("#### ") {
+        s.drain(..pos + 5);
+    }
+    let dot = if s.ends_with(".\n") { s.len().checked_sub(2) } else { s.ends_with('.').then(|| s.len() - 1) };
+    if let Some(dot) = dot {
+        s.remove(dot);
+    }
+    s.to_lowercase()
+}
+
+/// Whether the answer `rule` reads from `prediction` equals the gold solution (`... #### n`):
+/// numerically for [`Gsm8kExtraction::Paper`], as lm-eval's exact match for the other two.
 pub fn gsm8k_correct(prediction: &str, gold: &str, rule: Gsm8kExtraction) -> bool {
+    let extracted = extract_gsm8k(prediction, rule);
+    if rule != Gsm8kExtraction::Paper {
+        return lm_eval_clean(extracted.unwrap_or("[invalid]")) == lm_eval_clean(gold);
+    }
     let gold_value = extract_final_number(gold).and_then(parse_number);
-    match (extract_gsm8k(prediction, rule).and_then(parse_number), gold_value) {
+    match (extracted.and_then(parse_number), gold_value) {
         (Some(p), Some(g)) => numbers_equal(p, g),
         _ => false,
     }

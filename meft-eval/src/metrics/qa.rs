@@ -5,6 +5,13 @@
 //! space (a "word" is a maximal run of alphanumeric characters or `_`, as Python's `\b`), then
 //! collapse whitespace. F1 is over whitespace tokens of the normalised strings with multiset
 //! overlap; as in v1.1, an empty prediction or gold scores F1 0. Both take the maximum over golds.
+//! "Whitespace" is Python's `str.split()` set: Unicode White_Space plus U+001C–U+001F.
+//!
+//! TriviaQA EM follows its official v1.0 script: underscores become spaces, lower-case, ASCII
+//! punctuation and the quotes ‘ ’ ´ ` become spaces (SQuAD removes punctuation instead, so
+//! `don't` is `dont` there and `don t` here), then the articles and whitespace as SQuAD; the
+//! maximum over the aliases. `tests/canonical_scoring.rs` checks both against the rules as
+//! written in Python (`tools/make_scoring_fixture.py`).
 
 use std::collections::HashMap;
 
@@ -36,8 +43,26 @@ pub fn substring_match(prediction: &str, golds: &[String], case: CaseRule) -> bo
 pub fn normalize_answer(text: &str) -> String {
     let lowered = text.to_lowercase();
     let no_punct: String = lowered.chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    let no_articles = remove_articles(&no_punct);
-    no_articles.split_whitespace().collect::<Vec<_>>().join(" ")
+    join_words(&remove_articles(&no_punct))
+}
+
+/// TriviaQA v1.0 answer normalisation (see the module docs).
+pub fn normalize_trivia_answer(text: &str) -> String {
+    let lowered = text.replace('_', " ").to_lowercase();
+    let spaced: String = lowered.chars().map(|c| if c.is_ascii_punctuation() || matches!(c, '\u{2018}' | '\u{2019}' | '\u{b4}') { ' ' } else { c }).collect();
+    join_words(&remove_articles(&spaced))
+}
+
+/// TriviaQA's official exact match: the normalised prediction equals some normalised alias.
+pub fn trivia_exact_match(prediction: &str, aliases: &[String]) -> bool {
+    let pred = normalize_trivia_answer(prediction);
+    aliases.iter().any(|a| normalize_trivia_answer(a) == pred)
+}
+
+/// Python's `" ".join(text.split())`.
+fn join_words(text: &str) -> String {
+    let python_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+    text.split(python_space).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 fn is_word_char(c: char) -> bool {

@@ -75,7 +75,7 @@ fn setup_text(r: &Results) -> String {
         })
         .collect();
     format!(
-        "**Setup.** Adapters on the last {} layers, the layers below frozen and cached; frozen products in bf16 (AMX), adapters and optimizer in f32. \
+        "**Setup.** Adapters on the last {} layers, the layers below frozen and cached; frozen products in bf16 ({}), adapters and optimizer in f32. \
          QA: the first {} facts of each file, 80 % trained / 20 % held out by hashed id, question → first answer in the ChatML template without a system \
          turn, loss on the answer, {} epochs, micro-batch {}, AdamW, warm-up 5 % then linear decay, clip 1.0. **One learning rate for every method: {:e}**, \
          chosen on the sweep below. **One device budget per task** (the bytes of the dense PA with {} neurons per layer, about {:.1} % of the adapted layers' \
@@ -87,6 +87,7 @@ fn setup_text(r: &Results) -> String {
          Teacher-forced EM = greedy decoding reproduces the first answer exactly (computed on every fact; identical to greedy decoding's exact match). \
          One seed unless a cell says n = 3; the intervals are 95 % (Student's t).\n\n",
         s.adapted_layers,
+        if meft_core::bf16::amx_available() { "AMX tiles" } else { "weights and inputs rounded to bf16, f32 products: this CPU has no AMX" },
         s.facts,
         s.epochs,
         s.micro,
