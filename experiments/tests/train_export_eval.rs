@@ -1,6 +1,7 @@
 //! Train → export → `meft eval --adapter`: a MEFT adapter trained on eight real NQ-open facts is
 //! exported, loaded back by `meft eval`, and greedy generation answers at least the facts the
-//! trainer's own (teacher-forced) exact match says it learned.
+//! trainer's own (teacher-forced) exact match says it learned, with the same predictions whether
+//! the examples are decoded side by side or one at a time.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -69,4 +70,14 @@ fn an_exported_meft_adapter_answers_its_trained_facts_in_meft_eval() {
     let em = |v: &Value| v["primary"].as_f64().unwrap_or_else(|| panic!("no primary metric in {v}"));
     assert!(em(&tuned) + 1e-9 >= learned, "generation EM {} < the trainer's exact match {learned}", em(&tuned));
     assert!(em(&tuned) > em(&base), "the adapter must beat the base model: {} vs {}", em(&tuned), em(&base));
+    let report = |batch: &str| {
+        let out = dir.path().join(format!("eval-batch{batch}"));
+        let mut args = with.clone();
+        let out_arg = out.display().to_string();
+        args.extend(["--batch", batch, "--out", &out_arg]);
+        json(&meft(&args), "meft eval --adapter --batch");
+        let text = std::fs::read_to_string(out.join("results.json")).expect("results.json");
+        serde_json::from_str::<Value>(&text).expect("results.json is JSON")["report"].clone()
+    };
+    assert_eq!(report("8"), report("1"), "MEFT decoding 8 examples side by side must answer as one at a time");
 }

@@ -76,6 +76,24 @@ fn invalid_configs_name_the_field_and_fix() {
     plan(dir.path(), &[]).expect("the base config is valid");
 }
 
+/// A learning rate of 3e38 (near the f32 maximum) without clipping blows the weights up: the next step's loss is not
+/// finite, training stops with the typed error naming the step and the fix, and the checkpoint
+/// written before it is untouched.
+#[test]
+fn a_non_finite_step_stops_with_a_typed_error_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = plan(dir.path(), &["method='pa'", "optim.lr=3e38", "optim.clip=0", "optim.warmup=0", "checkpoint.every=1"]).expect("plan");
+    let mut t = Trainer::new(p).expect("trainer");
+    let err = t.run().expect_err("the run must stop");
+    let bad = err.downcast_ref::<experiments::train::NonFiniteStep>().unwrap_or_else(|| panic!("not a NonFiniteStep: {err:#}"));
+    assert!(bad.step >= 2 && !(bad.loss.is_finite() && bad.grad_norm.is_finite()), "{bad:?}");
+    assert_eq!(bad.last_checkpoint, bad.step - 1, "every step before it was checkpointed");
+    assert_eq!(t.step(), bad.step - 1, "the failed update is not applied");
+    assert_eq!(checkpoint::list(dir.path()).expect("list").last().copied(), Some(bad.step - 1));
+    let msg = err.to_string();
+    assert!(msg.contains("optim.lr") && msg.contains("optim.clip"), "the message names the fix: {msg}");
+}
+
 fn losses(out: &Path) -> Vec<f64> {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
     text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["loss"].as_f64().expect("loss")).collect()

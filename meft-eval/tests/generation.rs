@@ -209,7 +209,8 @@ fn seeded_sampling_repeats_per_seed_and_rejects_a_temperature_of_zero() {
     let t = tiny();
     let stepper = LlamaStepper { model: &t.model, hook: &NoAdapters, after_forward: None, rows: 1 };
     let run = |temperature: f64, seed: u64| {
-        let cfg = DecodeConfig { decoding: Decoding::Sample { temperature, seed }, max_new_tokens: 8, repetition_penalty: RepetitionPenalty::default() };
+        let cfg =
+            DecodeConfig { decoding: Decoding::Sample { temperature, seed }, max_new_tokens: 8, repetition_penalty: RepetitionPenalty::default() };
         meft_eval::generation::decode::decode(&stepper, &[5, 6, 7], &cfg, &[])
     };
     assert_eq!(run(1.5, 7).unwrap(), run(1.5, 7).unwrap());

@@ -70,7 +70,8 @@ pub struct EvalArgs {
     pub max_new_tokens: usize,
     /// Rows per decoding forward: examples decoded side by side (greedy) or the beams of one
     /// example (beam search); the answers are those of decoding each alone. A MEFT adapter
-    /// uses 1: its device working set is shared by the rows of a forward call.
+    /// uses at most C / K rows (its working set C is shared by the rows of a forward call, and
+    /// up to C / K one-token rows never drop a neuron).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
     /// Directory for results.json and predictions.h5.

@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use anyhow::bail;
 use meft_core::NoAdapters;
+use meft_eval::generation::{DecodeConfig, Decoding, LlamaStepper, RepetitionPenalty, decode_streaming};
 use meft_models::chat::Message;
 use meft_models::tokenizer::TextStream;
-use meft_eval::generation::{DecodeConfig, Decoding, LlamaStepper, RepetitionPenalty, decode_streaming};
 
 use super::ModelArgs;
 

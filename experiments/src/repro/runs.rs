@@ -11,7 +11,8 @@
 //!   again (an interrupted `full` profile resumes run by run; a run interrupted in the middle
 //!   resumes from its last checkpoint).
 //! - **Inputs.** Runs on the same model, data, batch shape and layers share one [`Inputs`]
-//!   (tokenised splits and frozen-prefix caches), built once.
+//!   (tokenised splits and frozen-prefix caches), built once, on every thread, before the
+//!   workers start.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -180,6 +181,7 @@ impl Runner {
         let reused = specs.len() - todo.len();
         self.tally.lock().unwrap_or_else(|e| e.into_inner()).reused += reused;
         eprintln!("[runs] {} runs ({reused} reused), {} workers", specs.len(), self.workers.min(todo.len().max(1)));
+        self.prepare(specs, &todo)?;
         let queue = Mutex::new(todo.into_iter().collect::<VecDeque<_>>());
         let results: Mutex<Vec<(usize, Result<RunOutcome>)>> = Mutex::new(Vec::new());
         let (start, total) = (Instant::now(), queue.lock().map_or(0, |q| q.len()));
@@ -223,6 +225,28 @@ impl Runner {
         }
     }
 
+    /// Builds the shared inputs (and forgetting probes) of the runs `todo` on the whole thread
+    /// pool before the one-thread workers start: built inside a worker, a long task's frozen
+    /// prefix took one thread for minutes while the other workers waited for it.
+    fn prepare(&self, specs: &[RunSpec], todo: &[usize]) -> Result<()> {
+        let started = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        for &i in todo {
+            let spec = &specs[i];
+            let plan = plan_of(spec).with_context(|| format!("run {}", spec.key))?;
+            if seen.insert(Inputs::key_of(&plan)) {
+                let inputs = self.inputs_for(&plan).with_context(|| format!("inputs of run {}", spec.key))?;
+                if spec.probes {
+                    self.probes_for(&inputs).with_context(|| format!("forgetting probes of run {}", spec.key))?;
+                }
+            }
+        }
+        if !seen.is_empty() {
+            eprintln!("[runs] inputs of {} data sets ready in {:.0} s", seen.len(), started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
     /// Every run asked of this runner so far, by how it was satisfied.
     pub fn tally(&self) -> RunTally {
         *self.tally.lock().unwrap_or_else(|e| e.into_inner())
@@ -255,14 +279,8 @@ impl Runner {
     fn run_one(&self, spec: &RunSpec) -> Result<RunOutcome> {
         let spec = self.configured(spec);
         let start = Instant::now();
-        let cfg = crate::train::build::model_config(&spec.raw.model.name)?;
         let training = spec.raw.method != MethodKind::None;
-        let mut raw = spec.raw.clone();
-        if !training {
-            // The base model: a zero-initialised PA, whose output is exactly zero, evaluated untrained.
-            raw.method = MethodKind::Pa;
-        }
-        let plan = TrainPlan::new(raw, &cfg)?;
+        let plan = plan_of(&spec)?;
         let inputs = self.inputs_for(&plan)?;
         let size = if training { plan.method.size_label() } else { "-".into() };
         let device_adapter_bytes = if training { plan.memory.adapter_working_set + plan.memory.device_optimizer } else { 0 };
@@ -356,6 +374,17 @@ impl Runner {
         }
         slot.clone().context("probes were not built")
     }
+}
+
+/// The trainer plan of `spec`; the base model (`method = none`) is planned as a zero-initialised
+/// PA, whose output is exactly zero, evaluated untrained.
+fn plan_of(spec: &RunSpec) -> Result<TrainPlan> {
+    let cfg = crate::train::build::model_config(&spec.raw.model.name)?;
+    let mut raw = spec.raw.clone();
+    if raw.method == MethodKind::None {
+        raw.method = MethodKind::Pa;
+    }
+    Ok(TrainPlan::new(raw, &cfg)?)
 }
 
 /// FNV-1a of the run's configuration (output directory aside) and its evaluations, in hex.

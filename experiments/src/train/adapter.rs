@@ -77,9 +77,9 @@ pub trait TrainableAdapter {
     /// without one.
     fn restore_ledger(&mut self, _ledger: meft_offload::Ledger) {}
 
-    /// Rows per decoding forward with this adapter when `batch` are asked for: `batch`, or 1 for
-    /// an adapter whose rows of one forward call share a device capacity (MEFT's working set
-    /// C), where batching independent sequences could change what each one gets.
+    /// Rows per decoding forward with this adapter when `batch` are asked for: `batch`, or fewer
+    /// for an adapter whose rows of one forward call share a device capacity (MEFT's working set
+    /// C), so that batching independent sequences never changes what each one gets.
     fn generation_batch(&self, batch: usize) -> usize {
         batch
     }
@@ -225,8 +225,16 @@ impl TrainableAdapter for MeftTrainable {
         &self.adapter
     }
 
-    fn generation_batch(&self, _batch: usize) -> usize {
-        1
+    /// Per-token evaluation: `b` one-token rows select at most `b·K` neurons, so while that fits
+    /// the smallest capacity C nothing is dropped and each row gets exactly its own top-K, as
+    /// alone. Union evaluation mixes a call's rows: one row per forward.
+    fn generation_batch(&self, batch: usize) -> usize {
+        let cfg = self.adapter.config();
+        let capacity = self.adapter.plan().layers.iter().map(|l| l.capacity).min().unwrap_or(0);
+        match cfg.evaluation {
+            meft_core::sparse::Evaluation::PerToken => batch.min(capacity / cfg.top_k.max(1)).max(1),
+            meft_core::sparse::Evaluation::Union => 1,
+        }
     }
 
     fn set_phase(&self, _phase: Phase) {}

@@ -85,14 +85,15 @@ pub fn tokenise(examples: &[Example], tok: &Tokenizer, chat: &ChatTemplate, mask
 /// Loads the examples of a meft-eval dataset (the cache file, or `path`), capped at `limit`.
 ///
 /// `name` may join several benchmarks with `+` (`bfcl_simple_python+bfcl_multiple`): their
-/// examples follow each other in that order (ids must stay distinct). `closed_book` drops QA
-/// passages.
+/// examples follow each other in that order (ids must stay distinct), and `limit` takes the
+/// first rows of each in proportion to its size, so the mix stays the benchmarks' own.
+/// `closed_book` drops QA passages.
 pub fn load_examples(cfg: &RawDataset) -> Result<Vec<Example>> {
     let parts: Vec<&str> = cfg.name.split('+').map(str::trim).collect();
     if parts.len() > 1 && cfg.path.is_some() {
         bail!("dataset.path names one file but dataset.name `{}` joins {} datasets; drop the path or the `+`", cfg.name, parts.len());
     }
-    let mut examples = Vec::new();
+    let mut loaded = Vec::new();
     for name in parts {
         let dataset = Dataset::parse(name)?;
         let path = match (&cfg.path, &dataset) {
@@ -100,10 +101,12 @@ pub fn load_examples(cfg: &RawDataset) -> Result<Vec<Example>> {
             (None, Dataset::User(_)) => bail!("dataset.path is required for {name} (a JSONL file)"),
             (None, _) => meft_assets::Cache::from_env().dataset_path(name).with_context(|| format!("locating dataset {name}"))?,
         };
-        examples.extend(dataset.load(&path)?);
+        loaded.push(dataset.load(&path)?);
     }
-    if cfg.limit > 0 {
-        examples.truncate(cfg.limit);
+    let sizes: Vec<usize> = loaded.iter().map(Vec::len).collect();
+    let mut examples = Vec::new();
+    for (part, keep) in loaded.into_iter().zip(proportional_caps(&sizes, cfg.limit)) {
+        examples.extend(part.into_iter().take(keep));
     }
     if cfg.closed_book {
         for e in &mut examples {
@@ -113,6 +116,23 @@ pub fn load_examples(cfg: &RawDataset) -> Result<Vec<Example>> {
         }
     }
     Ok(examples)
+}
+
+/// How many of each part's rows `limit` keeps (0: all): shares proportional to the sizes, rounded
+/// down, the rows left over going to the first parts; they sum to `min(limit, total)`.
+fn proportional_caps(sizes: &[usize], limit: usize) -> Vec<usize> {
+    let total: usize = sizes.iter().sum();
+    if limit == 0 || limit >= total {
+        return sizes.to_vec();
+    }
+    let mut caps: Vec<usize> = sizes.iter().map(|&n| n * limit / total).collect();
+    let mut left = limit - caps.iter().sum::<usize>();
+    for (cap, &n) in caps.iter_mut().zip(sizes) {
+        let more = left.min(n - *cap);
+        *cap += more;
+        left -= more;
+    }
+    caps
 }
 
 /// Splits `items` deterministically (hashed ids for real data, index ids for synthetic data).
@@ -201,6 +221,19 @@ pub fn collate(seqs: &[&Sequence], device: &Device) -> Result<(Tensor, Tensor)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_on_joined_datasets_keeps_their_proportions_and_sums_to_the_limit() {
+        assert_eq!(proportional_caps(&[400, 200], 300), vec![200, 100]);
+        assert_eq!(proportional_caps(&[400, 200], 0), vec![400, 200]);
+        assert_eq!(proportional_caps(&[400, 200], 1000), vec![400, 200]);
+        assert_eq!(proportional_caps(&[10], 3), vec![3]);
+        for (sizes, limit) in [(vec![7, 5, 3], 10), (vec![1, 1, 9], 4), (vec![0, 5], 2), (vec![3, 3, 3], 8)] {
+            let caps = proportional_caps(&sizes, limit);
+            assert_eq!(caps.iter().sum::<usize>(), limit, "{sizes:?} at {limit}");
+            assert!(caps.iter().zip(&sizes).all(|(c, n)| c <= n), "{sizes:?} at {limit}: {caps:?}");
+        }
+    }
 
     #[test]
     fn batches_resume_from_a_position() {

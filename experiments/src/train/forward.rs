@@ -15,6 +15,7 @@ use anyhow::{Result, bail};
 use candle_core::{D, DType, Tensor};
 use meft_core::{AdapterHook, NoAdapters};
 use meft_models::{Llama, ops};
+use rayon::prelude::*;
 
 use super::data::Sequence;
 
@@ -26,20 +27,31 @@ pub struct FrozenPrefix {
 }
 
 impl FrozenPrefix {
-    /// Runs layers `0..start` over `seqs` in chunks of `chunk` sequences (no adapters).
-    /// With `start == 0` nothing is computed and [`Self::input`] embeds the tokens.
+    /// Runs layers `0..start` over `seqs` (no adapters), in chunks of `chunk` sequences of
+    /// similar length (sorted by length, so little of a chunk is padding), the chunks spread over
+    /// the current rayon pool. Each sequence's states equal those of a chunk of its own: right
+    /// padding never reaches a real position. With `start == 0` nothing is computed and
+    /// [`Self::input`] embeds the tokens.
     pub fn build(model: &Llama, seqs: &[Sequence], start: usize, chunk: usize) -> Result<Self> {
-        let mut states = Vec::with_capacity(if start == 0 { 0 } else { seqs.len() });
-        if start > 0 {
-            for part in seqs.chunks(chunk.max(1)) {
-                let refs: Vec<&Sequence> = part.iter().collect();
+        if start == 0 {
+            return Ok(Self { start, states: Vec::new() });
+        }
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| (seqs[i].tokens.len(), i));
+        let parts: Vec<Vec<(usize, Tensor)>> = order
+            .par_chunks(chunk.max(1))
+            .map(|part| {
+                let refs: Vec<&Sequence> = part.iter().map(|&i| &seqs[i]).collect();
                 let tokens = super::data::collate(&refs, model.embed_tokens.device())?.0;
                 let h = run_layers(model, &model.embed(&tokens)?, 0..start, &NoAdapters)?;
-                for (i, s) in part.iter().enumerate() {
-                    states.push(h.get(i)?.narrow(0, 0, s.tokens.len())?.contiguous()?);
-                }
-            }
+                part.iter().enumerate().map(|(row, &i)| Ok((i, h.get(row)?.narrow(0, 0, seqs[i].tokens.len())?.contiguous()?))).collect()
+            })
+            .collect::<Result<_>>()?;
+        let mut states: Vec<Option<Tensor>> = vec![None; seqs.len()];
+        for (i, t) in parts.into_iter().flatten() {
+            states[i] = Some(t);
         }
+        let states = states.into_iter().map(|t| t.ok_or_else(|| anyhow::anyhow!("a sequence got no cached prefix"))).collect::<Result<_>>()?;
         Ok(Self { start, states })
     }
 
@@ -204,6 +216,23 @@ mod tests {
             let pos = Positions::of(&refs, x.dim(1).expect("len"), Completions::Include);
             let got = head_outputs(&m, &h, &pos).expect("head").loss.to_scalar::<f32>().expect("scalar");
             assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "start {start}: {got} vs {want}");
+        }
+    }
+
+    /// Sorting by length, chunking and spreading the chunks over threads change nothing: every
+    /// sequence's cached states equal those of a one-sequence chunk, in the caller's order.
+    #[test]
+    fn prefix_states_do_not_depend_on_chunk_size_or_threads() {
+        let m = model();
+        let all = seqs();
+        let alone = FrozenPrefix::build(&m, &all, 2, 1).expect("cache");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let together = pool.install(|| FrozenPrefix::build(&m, &all, 2, 2)).expect("cache");
+        for (i, s) in all.iter().enumerate() {
+            let (a, b) = (&alone.states[i], &together.states[i]);
+            assert_eq!(a.dims(), &[s.tokens.len(), m.embed_tokens.dim(1).expect("hidden")][..], "sequence {i}");
+            let gap = (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>()).expect("gap");
+            assert!(gap <= 1e-5, "sequence {i}: states differ by {gap}");
         }
     }
 

@@ -25,4 +25,4 @@ pub mod trainer;
 pub use adapter::TrainableAdapter;
 pub use config::{ConfigError, RawConfig};
 pub use plan::TrainPlan;
-pub use trainer::{Evaluation, Inputs, Metrics, Probe, ProbeScore, Summary, Trainer};
+pub use trainer::{Evaluation, Inputs, Metrics, NonFiniteStep, Probe, ProbeScore, Summary, Trainer};

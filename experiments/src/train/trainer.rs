@@ -24,6 +24,26 @@ use super::forward::{Completions, FrozenPrefix, Positions, head_outputs, run_lay
 use super::plan::{Length, TrainPlan};
 use super::schedule::lr_at;
 
+/// A training step whose loss or gradient norm is not finite (NaN or ±∞). The step's update is
+/// not applied, so the adapter and the checkpoints on disk are intact; the run stops here.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "step {step}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite at lr {lr:e}; the update was not applied \
+     (last checkpoint: {last_checkpoint}). Lower optim.lr or set optim.clip (e.g. 1.0) and run again: training resumes from that checkpoint"
+)]
+pub struct NonFiniteStep {
+    /// The step that failed (1-based).
+    pub step: u64,
+    /// Its mean micro-batch loss.
+    pub loss: f64,
+    /// Its global gradient norm.
+    pub grad_norm: f64,
+    /// Its learning rate.
+    pub lr: f64,
+    /// The step of the newest checkpoint on disk (0: none).
+    pub last_checkpoint: u64,
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Metrics {
@@ -275,6 +295,11 @@ impl Trainer {
             self.adapter.after_backward(&grads)?;
         }
         let grad_norm = self.adapter.grad_sq_norm()?.sqrt();
+        let loss = loss_sum / live.len().max(1) as f64;
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            // The update is not applied: the adapter and every checkpoint stay as they were.
+            return Err(NonFiniteStep { step: self.step + 1, loss, grad_norm, lr, last_checkpoint: self.last_checkpoint_step() }.into());
+        }
         if let Some(clip) = self.plan.clip.filter(|&c| grad_norm > c) {
             self.adapter.scale_grads(clip / (grad_norm + 1e-6))?;
         }
@@ -283,7 +308,7 @@ impl Trainer {
         let report = self.device.report();
         Ok(Metrics {
             step: self.step,
-            loss: loss_sum / live.len() as f64,
+            loss,
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64().max(1e-9),
@@ -420,6 +445,11 @@ impl Trainer {
             }
         }
         Ok(ProbeScore { exact, mean_loss: loss / batches.max(1) as f64 })
+    }
+
+    /// The newest checkpoint's step on disk (0: none, or the directory cannot be read).
+    fn last_checkpoint_step(&self) -> u64 {
+        checkpoint::list(&self.plan.output_dir).ok().and_then(|s| s.last().copied()).unwrap_or(0)
     }
 
     fn save_checkpoint(&self) -> Result<()> {

@@ -43,8 +43,8 @@ pub struct EvalConfig {
     pub decode: DecodeConfig,
     /// Rows per decoding forward: examples decoded side by side by greedy decoding, or the
     /// beams of one example in beam search (1 = one row per forward). An adapter whose device
-    /// capacity is shared by the rows of a forward call (MEFT's working set) should use 1, so
-    /// that batching cannot drop selections that decoding alone keeps.
+    /// capacity is shared by the rows of a forward call (MEFT's working set) must keep the rows
+    /// few enough that batching cannot drop selections that decoding alone keeps.
     #[serde(default = "default_batch")]
     pub batch: usize,
 }

@@ -49,7 +49,8 @@ pub fn normalize_answer(text: &str) -> String {
 /// TriviaQA v1.0 answer normalisation (see the module docs).
 pub fn normalize_trivia_answer(text: &str) -> String {
     let lowered = text.replace('_', " ").to_lowercase();
-    let spaced: String = lowered.chars().map(|c| if c.is_ascii_punctuation() || matches!(c, '\u{2018}' | '\u{2019}' | '\u{b4}') { ' ' } else { c }).collect();
+    let spaced: String =
+        lowered.chars().map(|c| if c.is_ascii_punctuation() || matches!(c, '\u{2018}' | '\u{2019}' | '\u{b4}') { ' ' } else { c }).collect();
     join_words(&remove_articles(&spaced))
 }
 
